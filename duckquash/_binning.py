@@ -1,0 +1,162 @@
+"""Group: standardisation constants, bin edges and the SQL that assigns every row to a region.
+
+Two cheap passes fix the binning before the moment pass:
+1. global count, min and max of each quantitative column (DuckDB answers these from
+   table or Parquet statistics, without a scan, when it can);
+2. a deterministic uniform sample: the ``sample_size`` rows with the smallest
+   ``hash(seed, row)``, read in one streaming top-k pass. Its mean and sd give the
+   standardisation constants, its quantiles the HypRect edges and Data Sphere layers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+
+from ._errors import InputError
+from ._source import Source
+from ._spec import SquashSpec
+from ._sql import case_bins, comma, ident, literal
+
+FLOAT_TYPES = ("FLOAT", "DOUBLE", "REAL")
+
+
+@dataclass(frozen=True)
+class Binning:
+    """Everything needed to put a row in its region again later (stored by materialised views)."""
+
+    method: str
+    quantitative: tuple[str, ...]
+    float_columns: tuple[bool, ...]  # which inputs can hold NaN
+    center: tuple[float, ...]  # standardisation: z = (x - center) / scale
+    scale: tuple[float, ...]
+    edges: tuple[tuple[float, ...], ...]  # HypRect: interior edges per variable, raw scale
+    layer_edges: tuple[float, ...]  # Data Spheres: interior radius edges, standardised scale
+    split_outer: bool  # Data Spheres: split the outermost layer by the second-largest coordinate
+
+    def value_sql(self, j: int) -> str:
+        """The j-th quantitative column as DOUBLE, NaN mapped to NULL."""
+        col = f"{ident(self.quantitative[j])}::DOUBLE"
+        return f"nullif({col}, 'NaN'::DOUBLE)" if self.float_columns[j] else col
+
+    def z_sql(self, j: int, value: str) -> str:
+        return f"(({value} - {literal(self.center[j])}) / {literal(self.scale[j])})"
+
+    def key_columns(self) -> list[str]:
+        """Names of the region-key columns this binning adds (besides the categoricals)."""
+        q = len(self.quantitative)
+        if self.method == "hyprect":
+            return [f"__dq_bin_{j}" for j in range(q)]
+        return ["__dq_miss", "__dq_layer", "__dq_pyr", "__dq_pyr2"] if q else []
+
+    def key_sql(self, v: list[str], z: list[str]) -> list[str]:
+        """Key expressions over raw values ``v`` and standardised ``z`` (SQL names), aligned with key_columns()."""
+        q = len(self.quantitative)
+        if self.method == "hyprect":
+            return [case_bins(v[j], self.edges[j]) for j in range(q)]
+        if not q:
+            return []
+        miss = " + ".join(f"(CASE WHEN {z[j]} IS NULL THEN {1 << j} ELSE 0 END)" for j in range(q))
+        radius = "sqrt(" + " + ".join(f"coalesce({z[j]} * {z[j]}, 0.0)" for j in range(q)) + ")"
+        layer = case_bins(radius, self.layer_edges)
+        signed = "[" + comma(f"coalesce({z[j]}, 0.0)" for j in range(q)) + "]"
+        absl = "[" + comma(f"abs(coalesce({z[j]}, 0.0))" for j in range(q)) + "]"
+        first = f"list_position({absl}, list_max({absl}))"
+        pyr = f"(2 * ({first} - 1) + (list_extract({signed}, {first}) < 0)::INT)"
+        # second-largest signed coordinate: largest among the others
+        rest = "[" + comma(f"CASE WHEN {j + 1} = {first} THEN -1.0 ELSE abs(coalesce({z[j]}, 0.0)) END"
+                           for j in range(q)) + "]"
+        second = f"list_position({rest}, list_max({rest}))"
+        pyr2 = f"(2 * ({second} - 1) + (list_extract({signed}, {second}) < 0)::INT)"
+        n_layers = len(self.layer_edges) + 1
+        pyr_expr = f"CASE WHEN {layer} = 0 AND {n_layers} > 1 THEN -1 ELSE {pyr} END::SMALLINT"
+        outer = n_layers - 1 if (self.split_outer and n_layers > 1 and q > 1) else -99
+        pyr2_expr = f"CASE WHEN {layer} = {outer} THEN {pyr2} ELSE -1 END::SMALLINT"
+        return [f"({miss})::INTEGER", layer, pyr_expr, pyr2_expr]
+
+
+@dataclass(frozen=True)
+class Extent:
+    """Global facts from the first pass."""
+
+    n_rows: int
+    minimum: tuple[float | None, ...]
+    maximum: tuple[float | None, ...]
+
+
+def _extent(con: duckdb.DuckDBPyConnection, src: Source, spec: SquashSpec, floats: list[bool]) -> Extent:
+    q = spec.quantitative
+    aggs = ["count(*)"]
+    for c in q:
+        aggs += [f"min({ident(c)})::DOUBLE", f"max({ident(c)})::DOUBLE"]
+    row = con.execute(f"SELECT {comma(aggs)} FROM {src.sql}").fetchone()
+    n = int(row[0])
+    mins, maxs = list(row[1::2]), list(row[2::2])
+    nan_cols = [j for j in range(len(q)) if floats[j] and (_isnan(mins[j]) or _isnan(maxs[j]))]
+    if nan_cols:  # NaN sorts last in DuckDB: recompute these ignoring NaN
+        aggs = []
+        for j in nan_cols:
+            c = ident(q[j])
+            aggs += [f"min({c}) FILTER (WHERE NOT isnan({c}))::DOUBLE", f"max({c}) FILTER (WHERE NOT isnan({c}))::DOUBLE"]
+        fix = con.execute(f"SELECT {comma(aggs)} FROM {src.sql}").fetchone()
+        for k, j in enumerate(nan_cols):
+            mins[j], maxs[j] = fix[2 * k], fix[2 * k + 1]
+    for j, c in enumerate(q):
+        for v in (mins[j], maxs[j]):
+            if v is not None and not np.isfinite(v):
+                raise InputError(f"quantitative column {c!r} holds infinite values; remove or recode them first")
+    return Extent(n, tuple(mins), tuple(maxs))
+
+
+def _isnan(v: float | None) -> bool:
+    return v is not None and v != v
+
+
+def sample_sql(src: Source, spec: SquashSpec, values: list[str]) -> str:
+    """The deterministic top-k-by-hash sample: same rows for the same data and seed, any thread count."""
+    cols = [ident(c) for c in spec.columns]
+    h = f"hash({literal(int(spec.seed))}, {comma(cols)})"
+    order = comma([h] + [f"{ident(c)} NULLS FIRST" for c in spec.columns])
+    return f"SELECT {comma(values) if values else '1'} FROM {src.sql} ORDER BY {order} LIMIT {int(spec.sample_size)}"
+
+
+def fit_binning(con: duckdb.DuckDBPyConnection, src: Source, spec: SquashSpec) -> tuple[Binning, Extent]:
+    """Run the two cheap passes and return the binning and global extent."""
+    q = spec.quantitative
+    floats = [src.columns[c].upper().split("(")[0] in FLOAT_TYPES for c in q]
+    extent = _extent(con, src, spec, floats)
+    if extent.n_rows == 0:
+        raise InputError(f"{src.label} is empty: there is nothing to squash")
+    proto = Binning(spec.method, q, tuple(floats), (0.0,) * len(q), (1.0,) * len(q), (), (), True)
+    values = [proto.value_sql(j) for j in range(len(q))]
+    sample = np.array(con.execute(sample_sql(src, spec, values)).fetchall(), dtype=float) if q else np.empty((0, 0))
+    center, scale, edges = [], [], []
+    for j in range(len(q)):
+        col = sample[:, j]
+        col = col[~np.isnan(col)]
+        lo, hi = extent.minimum[j], extent.maximum[j]
+        if col.size == 0:  # only NULLs in the sample: fall back on the global range
+            c = 0.0 if lo is None else (lo + hi) / 2
+            s = 1.0 if lo is None or hi == lo else (hi - lo) / 2
+        else:
+            c, s = float(col.mean()), float(col.std())
+            if not s > 0:
+                s = 1.0 if lo is None or hi == lo else (hi - lo) / 2
+        center.append(c)
+        scale.append(s)
+        if spec.method == "hyprect" and col.size:
+            qs = np.quantile(col, np.arange(1, spec.bins) / spec.bins) if spec.bins > 1 else np.array([])
+            e = np.unique(qs)
+            e = e[(e > col.min())]  # an edge at the minimum would leave its lower bin empty
+            edges.append(tuple(float(v) for v in e))
+        else:
+            edges.append(())
+    layer_edges: tuple[float, ...] = ()
+    if spec.method == "datasphere" and q and spec.layers > 1:
+        z = (sample - np.array(center)) / np.array(scale)
+        r = np.sqrt(np.nansum(z * z, axis=1))
+        qs = np.unique(np.quantile(r, np.arange(1, spec.layers) / spec.layers))
+        layer_edges = tuple(float(v) for v in qs[qs > r.min()])
+    binning = Binning(spec.method, q, tuple(floats), tuple(center), tuple(scale), tuple(edges), layer_edges, True)
+    return binning, extent

@@ -1,0 +1,123 @@
+"""Momentize: one generated SQL GROUP BY giving, per region, count, min, max and mixed power sums.
+
+Power sums are of the globally standardised values z = (x - center) / scale, up to total
+degree ``degree``. Each sum is accumulated as a fixed-point integer (``BIGINT`` terms, exact
+``HUGEINT`` total) scaled by a power of two chosen from the global extent so no term can
+overflow. Integer addition is associative, so the sums are bit-identical whatever the thread
+count or scan order; that makes the squash deterministic and lets partial moment tables
+(partitions, appended batches) be added exactly. A monomial whose range is too wide for
+1e-9 absolute resolution is summed in DOUBLE instead (and the report says the run is then
+only deterministic to rounding).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from ._binning import Binning, Extent
+from ._source import Source
+from ._sql import comma, ident, literal
+
+N_COL = "__dq_n"
+ROWS_COL = "__dq_rows"
+_HEADROOM_BITS = 60  # every scaled term is below 2**60 in magnitude
+_MIN_FRACTION_BITS = 30  # fixed point needs at least 2**-30 resolution, else DOUBLE sums
+
+
+def exponents(q: int, degree: int) -> list[tuple[int, ...]]:
+    """All power vectors of total degree 1..degree, lowest order first, pure powers before mixed."""
+    out = [e for d in range(1, degree + 1) for e in itertools.product(range(d + 1), repeat=q) if sum(e) == d]
+    return sorted(out, key=lambda e: (sum(e), sum(1 for p in e if p), tuple(-p for p in e)))
+
+
+def moment_col(e: tuple[int, ...]) -> str:
+    return "__dq_m_" + "_".join(str(p) for p in e)
+
+
+def min_col(j: int) -> str:
+    return f"__dq_min_{j}"
+
+
+def max_col(j: int) -> str:
+    return f"__dq_max_{j}"
+
+
+@dataclass(frozen=True)
+class MomentTable:
+    """The per-region moment rows (an Arrow table, sorted by region key) and how to read them."""
+
+    table: pa.Table
+    categorical: tuple[str, ...]
+    key_columns: tuple[str, ...]  # binning keys after the categoricals
+    exps: tuple[tuple[int, ...], ...]
+    fixed_point: bool  # every sum exact (deterministic, mergeable without rounding)
+    sql: str
+
+    @property
+    def n_regions(self) -> int:
+        return self.table.num_rows
+
+    def counts(self) -> np.ndarray:
+        return self.table.column(N_COL).to_numpy().astype(np.int64)
+
+
+def _fraction_bits(binning: Binning, extent: Extent, e: tuple[int, ...]) -> int | None:
+    """Power of two for the fixed-point sum of monomial ``e``; None means sum in DOUBLE."""
+    log_bound = 0.0
+    for j, p in enumerate(e):
+        if p == 0:
+            continue
+        lo, hi = extent.minimum[j], extent.maximum[j]
+        if lo is None:
+            continue
+        b = max(abs(lo - binning.center[j]), abs(hi - binning.center[j])) / binning.scale[j]
+        log_bound += p * math.log2(max(b * (1 + 1e-9), 1.0) + 1e-12)
+    bits = int(math.floor(_HEADROOM_BITS - log_bound - 1))
+    return bits if bits >= _MIN_FRACTION_BITS else None
+
+
+def moment_sql(src: Source, binning: Binning, extent: Extent, categorical: tuple[str, ...],
+               degree: int, fetch_rows: int) -> tuple[str, list[tuple[int, ...]], bool]:
+    """The moment query; returns (sql, exponents, all sums fixed-point)."""
+    q = len(binning.quantitative)
+    cats = [ident(c) for c in categorical]
+    v = [f"__dq_v_{j}" for j in range(q)]
+    z = [f"__dq_z_{j}" for j in range(q)]
+    keys = binning.key_columns()
+    stage1 = comma(cats + [f"{binning.value_sql(j)} AS {v[j]}" for j in range(q)])
+    stage2 = comma(cats + v + [f"{binning.z_sql(j, v[j])} AS {z[j]}" for j in range(q)])
+    stage3 = comma(cats + v + z + [f"{expr} AS {k}" for expr, k in zip(binning.key_sql(v, z), keys)])
+    exps = exponents(q, degree)
+    aggs = [f"count(*)::BIGINT AS {N_COL}"]
+    for j in range(q):
+        aggs += [f"min({v[j]}) AS {min_col(j)}", f"max({v[j]}) AS {max_col(j)}"]
+    exact = True
+    for e in exps:
+        term = " * ".join(z[j] for j, p in enumerate(e) for _ in range(p))
+        bits = _fraction_bits(binning, extent, e)
+        if bits is None:
+            exact = False
+            aggs.append(f"sum({term}) AS {moment_col(e)}")
+        else:
+            scale, unscale = literal(float(2.0 ** bits)), literal(float(2.0 ** -bits))
+            aggs.append(f"sum(({term} * {scale})::BIGINT)::DOUBLE * {unscale} AS {moment_col(e)}")
+    if fetch_rows > 0 and q:
+        aggs.append(f"min([{comma(v)}], {int(fetch_rows)}) AS {ROWS_COL}")
+    group = comma(cats + keys)
+    sql = (f"SELECT {comma(cats + keys + aggs)}\n"
+           f"FROM (SELECT {stage3} FROM (SELECT {stage2} FROM (SELECT {stage1} FROM {src.sql})))\n"
+           + (f"GROUP BY {group}\nORDER BY {comma(c + ' NULLS FIRST' for c in cats + keys)}" if group else ""))
+    return sql, exps, exact
+
+
+def momentize(con: duckdb.DuckDBPyConnection, src: Source, binning: Binning, extent: Extent,
+              categorical: tuple[str, ...], degree: int, fetch_rows: int) -> MomentTable:
+    """Run the moment query and return the moment table."""
+    sql, exps, exact = moment_sql(src, binning, extent, categorical, degree, fetch_rows)
+    table = con.execute(sql).fetch_arrow_table()
+    return MomentTable(table, categorical, tuple(binning.key_columns()), tuple(exps), exact, sql)

@@ -1,0 +1,62 @@
+"""SQL text: the single place where identifiers and literals are quoted.
+
+Every name or value that reaches a generated query goes through :func:`ident` or
+:func:`literal`; nothing else in duckquash interpolates user text into SQL.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+
+def ident(name: str) -> str:
+    """Quote one identifier (column, table, schema) for DuckDB, whatever characters it holds."""
+    if not isinstance(name, str) or name == "":
+        raise TypeError(f"an SQL identifier must be a non-empty string, got {name!r}")
+    if "\x00" in name:
+        raise ValueError(f"an SQL identifier cannot contain a NUL character: {name!r}")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def qualified(parts: Sequence[str]) -> str:
+    """Quote a dotted name given as its parts, e.g. ``("main", "my table")``."""
+    return ".".join(ident(p) for p in parts)
+
+
+def literal(value: object) -> str:
+    """Render a Python value as a DuckDB literal: str, bool, int, float (exact round trip), None, list."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "'NaN'::DOUBLE"
+        if math.isinf(value):
+            return "'Infinity'::DOUBLE" if value > 0 else "'-Infinity'::DOUBLE"
+        return repr(value) + "::DOUBLE"
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("an SQL string literal cannot contain a NUL character")
+        return "'" + value.replace("'", "''") + "'"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(literal(v) for v in value) + "]"
+    raise TypeError(f"cannot render {type(value).__name__} as an SQL literal")
+
+
+def comma(items: Iterable[str]) -> str:
+    """Join SQL fragments with commas."""
+    return ", ".join(items)
+
+
+def case_bins(expr: str, edges: Sequence[float]) -> str:
+    """``CASE`` chain giving the 0-based bin of ``expr`` for ascending interior edges; NULL stays NULL.
+
+    Bins are half-open ``[e_k, e_{k+1})`` with open outer bins, so any finite value lands in one.
+    """
+    if not edges:
+        return f"CASE WHEN {expr} IS NULL THEN NULL ELSE 0 END::SMALLINT"
+    whens = " ".join(f"WHEN {expr} < {literal(float(e))} THEN {k}" for k, e in enumerate(edges))
+    return f"CASE WHEN {expr} IS NULL THEN NULL {whens} ELSE {len(edges)} END::SMALLINT"
