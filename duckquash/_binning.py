@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import duckdb
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ._errors import InputError
 from ._source import Source
@@ -90,7 +92,7 @@ def _extent(con: duckdb.DuckDBPyConnection, src: Source, spec: SquashSpec, float
     aggs = ["count(*)"]
     for c in q:
         aggs += [f"min({ident(c)})::DOUBLE", f"max({ident(c)})::DOUBLE"]
-    row = con.execute(f"SELECT {comma(aggs)} FROM {src.sql}").fetchone()
+    row = con.execute(f"SELECT {comma(aggs)} FROM {src.sql}").fetchall()[0]
     n = int(row[0])
     mins, maxs = list(row[1::2]), list(row[2::2])
     nan_cols = [j for j in range(len(q)) if floats[j] and (_isnan(mins[j]) or _isnan(maxs[j]))]
@@ -99,7 +101,7 @@ def _extent(con: duckdb.DuckDBPyConnection, src: Source, spec: SquashSpec, float
         for j in nan_cols:
             c = ident(q[j])
             aggs += [f"min({c}) FILTER (WHERE NOT isnan({c}))::DOUBLE", f"max({c}) FILTER (WHERE NOT isnan({c}))::DOUBLE"]
-        fix = con.execute(f"SELECT {comma(aggs)} FROM {src.sql}").fetchone()
+        fix = con.execute(f"SELECT {comma(aggs)} FROM {src.sql}").fetchall()[0]
         for k, j in enumerate(nan_cols):
             mins[j], maxs[j] = fix[2 * k], fix[2 * k + 1]
     for j, c in enumerate(q):
@@ -113,24 +115,24 @@ def _isnan(v: float | None) -> bool:
     return v is not None and v != v
 
 
-def sample_sql(src: Source, spec: SquashSpec, values: list[str]) -> str:
+def sample_sql(src: Source, spec: SquashSpec) -> str:
     """The deterministic top-k-by-hash sample: same rows for the same data and seed, any thread count."""
     cols = [ident(c) for c in spec.columns]
     h = f"hash({literal(int(spec.seed))}, {comma(cols)})"
     order = comma([h] + [f"{ident(c)} NULLS FIRST" for c in spec.columns])
-    return f"SELECT {comma(values) if values else '1'} FROM {src.sql} ORDER BY {order} LIMIT {int(spec.sample_size)}"
+    return f"SELECT {comma(cols)} FROM {src.sql} ORDER BY {order} LIMIT {int(spec.sample_size)}"
 
 
-def fit_binning(con: duckdb.DuckDBPyConnection, src: Source, spec: SquashSpec) -> tuple[Binning, Extent]:
-    """Run the two cheap passes and return the binning and global extent."""
+def fit_binning(con: duckdb.DuckDBPyConnection, src: Source,
+                spec: SquashSpec) -> tuple[Binning, Extent, pa.Table]:
+    """Run the two cheap passes; return the binning, the global extent and the sample rows."""
     q = spec.quantitative
     floats = [src.columns[c].upper().split("(")[0] in FLOAT_TYPES for c in q]
     extent = _extent(con, src, spec, floats)
     if extent.n_rows == 0:
         raise InputError(f"{src.label} is empty: there is nothing to squash")
-    proto = Binning(spec.method, q, tuple(floats), (0.0,) * len(q), (1.0,) * len(q), (), (), True)
-    values = [proto.value_sql(j) for j in range(len(q))]
-    sample = np.array(con.execute(sample_sql(src, spec, values)).fetchall(), dtype=float) if q else np.empty((0, 0))
+    sample_rows = con.sql(sample_sql(src, spec)).to_arrow_table() if q else pa.table({})
+    sample = float_matrix(sample_rows, q)
     center, scale, edges = [], [], []
     for j in range(len(q)):
         col = sample[:, j]
@@ -159,4 +161,11 @@ def fit_binning(con: duckdb.DuckDBPyConnection, src: Source, spec: SquashSpec) -
         qs = np.unique(np.quantile(r, np.arange(1, spec.layers) / spec.layers))
         layer_edges = tuple(float(v) for v in qs[qs > r.min()])
     binning = Binning(spec.method, q, tuple(floats), tuple(center), tuple(scale), tuple(edges), layer_edges, True)
-    return binning, extent
+    return binning, extent, sample_rows
+
+
+def float_matrix(tbl: pa.Table, columns: tuple[str, ...]) -> np.ndarray:
+    """Columns of an Arrow table as one float matrix, NULL and NaN as NaN."""
+    if not columns:
+        return np.empty((tbl.num_rows, 0))
+    return np.column_stack([pc.cast(tbl.column(c), pa.float64()).to_numpy(zero_copy_only=False) for c in columns])

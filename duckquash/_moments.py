@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import itertools
 import math
+import uuid
 from dataclasses import dataclass
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 
-from ._binning import Binning, Extent
+from ._binning import Binning, Extent, float_matrix
 from ._source import Source
 from ._sql import comma, ident, literal
 
@@ -81,17 +82,32 @@ def _fraction_bits(binning: Binning, extent: Extent, e: tuple[int, ...]) -> int 
     return bits if bits >= _MIN_FRACTION_BITS else None
 
 
+def _value_names(q: int) -> tuple[list[str], list[str]]:
+    return [f"__dq_v_{j}" for j in range(q)], [f"__dq_z_{j}" for j in range(q)]
+
+
+def keyed_rows_sql(from_sql: str, binning: Binning, categorical: tuple[str, ...], carry: tuple[str, ...] = ()) -> str:
+    """Rows of ``from_sql`` with categoricals, DOUBLE values ``__dq_v_j``, z-scores and region keys.
+
+    ``carry`` names further columns passed through unchanged.
+    """
+    q = len(binning.quantitative)
+    cats = [ident(c) for c in categorical + carry]
+    v, z = _value_names(q)
+    keys = binning.key_columns()
+    stage1 = comma(cats + [f"{binning.value_sql(j)} AS {v[j]}" for j in range(q)])
+    stage2 = comma(cats + v + [f"{binning.z_sql(j, v[j])} AS {z[j]}" for j in range(q)])
+    stage3 = comma(cats + v + z + [f"{expr} AS {k}" for expr, k in zip(binning.key_sql(v, z), keys)])
+    return f"SELECT {stage3} FROM (SELECT {stage2} FROM (SELECT {stage1} FROM {from_sql}))"
+
+
 def moment_sql(src: Source, binning: Binning, extent: Extent, categorical: tuple[str, ...],
                degree: int, fetch_rows: int) -> tuple[str, list[tuple[int, ...]], bool]:
     """The moment query; returns (sql, exponents, all sums fixed-point)."""
     q = len(binning.quantitative)
     cats = [ident(c) for c in categorical]
-    v = [f"__dq_v_{j}" for j in range(q)]
-    z = [f"__dq_z_{j}" for j in range(q)]
+    v, z = _value_names(q)
     keys = binning.key_columns()
-    stage1 = comma(cats + [f"{binning.value_sql(j)} AS {v[j]}" for j in range(q)])
-    stage2 = comma(cats + v + [f"{binning.z_sql(j, v[j])} AS {z[j]}" for j in range(q)])
-    stage3 = comma(cats + v + z + [f"{expr} AS {k}" for expr, k in zip(binning.key_sql(v, z), keys)])
     exps = exponents(q, degree)
     aggs = [f"count(*)::BIGINT AS {N_COL}"]
     for j in range(q):
@@ -110,7 +126,7 @@ def moment_sql(src: Source, binning: Binning, extent: Extent, categorical: tuple
         aggs.append(f"min([{comma(v)}], {int(fetch_rows)}) AS {ROWS_COL}")
     group = comma(cats + keys)
     sql = (f"SELECT {comma(cats + keys + aggs)}\n"
-           f"FROM (SELECT {stage3} FROM (SELECT {stage2} FROM (SELECT {stage1} FROM {src.sql})))\n"
+           f"FROM ({keyed_rows_sql(src.sql, binning, categorical)})\n"
            + (f"GROUP BY {group}\nORDER BY {comma(c + ' NULLS FIRST' for c in cats + keys)}" if group else ""))
     return sql, exps, exact
 
@@ -119,5 +135,29 @@ def momentize(con: duckdb.DuckDBPyConnection, src: Source, binning: Binning, ext
               categorical: tuple[str, ...], degree: int, fetch_rows: int) -> MomentTable:
     """Run the moment query and return the moment table."""
     sql, exps, exact = moment_sql(src, binning, extent, categorical, degree, fetch_rows)
-    table = con.execute(sql).fetch_arrow_table()
+    table = con.sql(sql).to_arrow_table()
     return MomentTable(table, categorical, tuple(binning.key_columns()), tuple(exps), exact, sql)
+
+
+def assign_regions(con: duckdb.DuckDBPyConnection, binning: Binning, moments: MomentTable,
+                   rows: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Region index (row of the moment table) and DOUBLE values of each of ``rows``; -1 if no region."""
+    q = len(binning.quantitative)
+    v, _ = _value_names(q)
+    names = list(moments.categorical + moments.key_columns)
+    rows_view, reg_view = f"__dq_rows_{uuid.uuid4().hex[:12]}", f"__dq_reg_{uuid.uuid4().hex[:12]}"
+    reg = moments.table.select(names).append_column("__dq_region", pa.array(np.arange(moments.n_regions)))
+    rows = rows.append_column("__dq_i", pa.array(np.arange(rows.num_rows)))
+    con.register(rows_view, rows)
+    con.register(reg_view, reg)
+    try:
+        on = " AND ".join(f"s.{ident(c)} IS NOT DISTINCT FROM r.{ident(c)}" for c in names) or "TRUE"
+        sql = (f"SELECT coalesce(r.__dq_region, -1) AS __dq_region{''.join(f', s.{c}' for c in v)} "
+               f"FROM ({keyed_rows_sql(ident(rows_view), binning, moments.categorical, ('__dq_i',))}) s "
+               f"LEFT JOIN {ident(reg_view)} r ON {on} ORDER BY s.__dq_i")
+        out = con.sql(sql).to_arrow_table()
+    finally:
+        con.unregister(rows_view)
+        con.unregister(reg_view)
+    idx = out.column("__dq_region").to_numpy()
+    return idx, float_matrix(out, tuple(v))

@@ -72,7 +72,7 @@ def _table_exists(con: duckdb.DuckDBPyConnection, parts: list[str]) -> bool:
     if database is not None:
         conds.append(f"table_catalog = {literal(database)}")
     q = f"SELECT count(*) FROM information_schema.tables WHERE {' AND '.join(conds)}"
-    return con.execute(q).fetchone()[0] > 0
+    return con.execute(q).fetchall()[0][0] > 0
 
 
 def resolve(con: duckdb.DuckDBPyConnection, source: object) -> Source:

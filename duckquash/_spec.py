@@ -44,7 +44,7 @@ class SquashSpec:
     exact_covariance: bool = True
     sample_size: int = 100_000
     restarts: int = 2
-    max_iter: int = 60
+    max_iter: int = 30
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen dataclass normalisation
@@ -66,7 +66,7 @@ class SquashSpec:
         if not math.isfinite(alpha) or alpha < 0:
             raise InputError(f"alpha must be a finite number >= 0, got {self.alpha!r}")
         set_("alpha", alpha)
-        for name, lo, hi in (("bins", 1, 1000), ("layers", 1, 100), ("degree", 1, 4),
+        for name, lo, hi in (("bins", 1, 1000), ("layers", 1, 100), ("degree", 2, 4),
                              ("sample_size", 100, 50_000_000), ("restarts", 0, 50), ("max_iter", 1, 10_000)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
