@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from ._errors import DuckquashError, DuckquashWarning, InputError, OutputExistsError, SourceNotFoundError
 from ._squash import SquashReport, SquashResult, squash
+from ._sqlapi import connect, install
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "squash", "SquashResult", "SquashReport",
+    "squash", "SquashResult", "SquashReport", "install", "connect",
     "DuckquashError", "DuckquashWarning", "InputError", "OutputExistsError", "SourceNotFoundError",
     "__version__",
 ]

@@ -32,8 +32,6 @@ from ._spec import SquashSpec
 
 DEG2_WEIGHT = 1000.0
 _DEG_RAW_WEIGHT = {3: 2.0, 4: 1.0}
-import os
-_DEBUG = os.environ.get("DQ_DEBUG")
 POOR_FIT = 1e-2  # RMS degree 3/4 residual that is always good enough (else: restart if twice the batch median)
 _BOUND_SLACK = 1e-9  # relative bound violation repaired by clipping after the exact correction
 _PROJECTIONS = 50  # rounds of (exact second-order map, clip to bounds)
@@ -244,7 +242,6 @@ def _lm(batch: Batch, theta: np.ndarray, phi: np.ndarray, max_iter: int) -> tupl
         cost[idx_ok] = c_new[ok]
         done = small | (lam[active] > 1e8) | (cost[active] < 1e-20)
         active = active[~done]
-        if _DEBUG: print("lm", m, d, _, active.size, float(np.median(cost)))
     return split(x)
 
 

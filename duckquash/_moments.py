@@ -143,6 +143,8 @@ def assign_regions(con: duckdb.DuckDBPyConnection, binning: Binning, moments: Mo
                    rows: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """Region index (row of the moment table) and DOUBLE values of each of ``rows``; -1 if no region."""
     q = len(binning.quantitative)
+    if q == 0 or rows.num_rows == 0:
+        return np.empty(0, dtype=np.int64), np.empty((0, q))
     v, _ = _value_names(q)
     names = list(moments.categorical + moments.key_columns)
     rows_view, reg_view = f"__dq_rows_{uuid.uuid4().hex[:12]}", f"__dq_reg_{uuid.uuid4().hex[:12]}"

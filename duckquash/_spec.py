@@ -15,7 +15,7 @@ def _names(value: Iterable[str] | str | None, what: str) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str):
-        value = [v.strip() for v in value.split(",") if v.strip()] if "," in value else [value]
+        value = [v.strip() for v in value.split(",") if v.strip()]  # "a,b" shorthand; pass a list for odd names
     out = tuple(value)
     for v in out:
         if not isinstance(v, str) or not v:

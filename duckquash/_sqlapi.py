@@ -1,0 +1,84 @@
+"""SQL entry point: ``CALL squash(...)`` / ``FROM squash(...)`` on a connection.
+
+DuckDB's Python API offers scalar UDFs only, so a TEMP table macro (text in ``sql/squash.sql``)
+calls a Python UDF that runs the pipeline on ``con.cursor()`` and writes the rows to a Parquet
+file; the macro returns ``read_parquet`` of it. A table created by the cursor would not be
+visible to the calling statement (it runs in its own transaction); a file is.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+import uuid
+import weakref
+from importlib import resources
+
+import duckdb
+from duckdb.sqltypes import BIGINT, DOUBLE, INTEGER, VARCHAR
+
+from ._errors import SourceNotFoundError
+from ._spec import SquashSpec
+from ._squash import squash_to_arrow
+from ._writeback import write_file
+
+_UDF = "__dq_squash_file"
+
+
+def _macro_sql() -> str:
+    """The macro text from the top-level ``sql/`` folder (installed as ``duckquash.sql``)."""
+    return resources.files("duckquash.sql").joinpath("squash.sql").read_text(encoding="utf-8")
+
+
+def install(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """Make ``squash(...)`` callable from SQL on ``con``; returns ``con``.
+
+    Inside SQL the pipeline reads through a separate cursor: it sees committed tables and views,
+    files and queries, but not this connection's TEMP tables or uncommitted rows.
+    """
+    folder = tempfile.mkdtemp(prefix="duckquash-sql-")
+    cursor_ref = weakref.ref(con)
+
+    def run(src: str, categorical: list, quantitative: list, method: str, alpha: float, weight: str,
+            seed: int, bins: int, layers: int) -> str:
+        owner = cursor_ref()
+        if owner is None:
+            raise RuntimeError("the connection that installed squash() is closed")
+        spec = SquashSpec(tuple(categorical or ()), tuple(quantitative or ()), method, alpha, bins, layers,
+                          weight=weight, seed=int(seed))
+        cur = owner.cursor()
+        try:
+            try:
+                data, _ = squash_to_arrow(cur, src, spec)
+            except SourceNotFoundError as e:
+                raise SourceNotFoundError(
+                    f"{e} (squash() in SQL reads committed data through a separate cursor: "
+                    "TEMP tables and uncommitted rows are not visible to it)") from None
+            path = os.path.join(folder, f"{uuid.uuid4().hex}.parquet")
+            write_file(cur, data, path, replace=False)
+            return path
+        finally:
+            cur.close()
+
+    names = duckdb.list_type(VARCHAR)
+    con.create_function(_UDF, run, [VARCHAR, names, names, VARCHAR, DOUBLE, VARCHAR, BIGINT, INTEGER, INTEGER],
+                        VARCHAR)
+    con.execute(_macro_sql().replace("{udf}", _UDF))
+
+    def cleanup(ref=cursor_ref) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        owner = ref()
+        if owner is not None:
+            try:
+                owner.remove_function(_UDF)
+            except Exception:  # connection already closed
+                pass
+
+    atexit.register(cleanup)
+    return con
+
+
+def connect(database: str = ":memory:", **kwargs) -> duckdb.DuckDBPyConnection:
+    """``duckdb.connect(database, **kwargs)`` with :func:`install` applied."""
+    return install(duckdb.connect(database, **kwargs))

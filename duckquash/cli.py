@@ -1,0 +1,100 @@
+"""Command line: a thin layer over :func:`duckquash.squash` (and the demo)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import duckdb
+
+from . import __version__
+from ._errors import DuckquashError
+from ._spec import SquashSpec
+from ._squash import squash_to_arrow
+from ._writeback import check_file_target, check_table_target, file_format, table_name, write_file, write_table
+
+
+def _split_db(arg: str) -> tuple[str, str] | None:
+    """``db.duckdb:table`` -> (database path, table); None for a plain file path."""
+    head, sep, tail = arg.rpartition(":")
+    if sep and head.lower().endswith((".duckdb", ".db", ".ddb")) and tail:
+        return head, tail
+    return None
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="duckquash", description="Squash large tables into weighted pseudo-points.")
+    ap.add_argument("--version", action="version", version=f"duckquash {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+    sq = sub.add_parser("squash", help="squash a Parquet/CSV file or a DuckDB table",
+                        description="Squash INPUT (file.parquet, file.csv, glob, or db.duckdb:table) into OUT "
+                                    "(.parquet, .csv, or db.duckdb:table). Weights are frequency weights summing to N.")
+    sq.add_argument("input")
+    sq.add_argument("-o", "--output", required=True)
+    sq.add_argument("--categorical", default="", help="comma-separated categorical columns")
+    sq.add_argument("--quantitative", default="", help="comma-separated numeric columns")
+    sq.add_argument("--method", default="hyprect", choices=["hyprect", "datasphere"])
+    sq.add_argument("--alpha", type=float, default=1.0, help="points per region: max(1, ceil(alpha*log2 N_r))")
+    sq.add_argument("--bins", type=int, default=3)
+    sq.add_argument("--layers", type=int, default=3)
+    sq.add_argument("--seed", type=int, default=0)
+    sq.add_argument("--weight", default="weight", help="name of the weight column")
+    sq.add_argument("--replace", action="store_true", help="overwrite an existing output")
+    sq.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    demo = sub.add_parser("demo", help="squash simulated data and compare model fits (no data needed)")
+    demo.add_argument("--rows", type=int, default=1_000_000)
+    return ap
+
+
+def _squash(args: argparse.Namespace) -> None:
+    spec = SquashSpec(args.categorical, args.quantitative, args.method, args.alpha, args.bins, args.layers,
+                      weight=args.weight, seed=args.seed)
+    db_in, db_out = _split_db(args.input), _split_db(args.output)
+    if db_out is None:
+        check_file_target(args.output, args.replace)
+    if db_in is not None:
+        if not os.path.exists(db_in[0]):
+            raise DuckquashError(f"database file {db_in[0]!r} does not exist")
+        con = duckdb.connect(db_in[0], read_only=db_out is None or os.path.abspath(db_out[0]) != os.path.abspath(db_in[0]))
+        source = db_in[1]
+    else:
+        con = duckdb.connect()
+        source = args.input
+    t0 = time.perf_counter()
+    data, report = squash_to_arrow(con, source, spec, show_progress=not args.quiet)
+    t1 = time.perf_counter()
+    if db_out is None:
+        write_file(con, data, args.output, args.replace)
+    else:
+        out_con = con if db_in is not None and os.path.abspath(db_out[0]) == os.path.abspath(db_in[0]) \
+            else duckdb.connect(db_out[0])
+        parts = table_name(db_out[1])
+        check_table_target(out_con, parts, args.replace)
+        write_table(out_con, data, parts, args.replace)
+    report.timings["write"] = time.perf_counter() - t1
+    if not args.quiet:
+        print(f"squashed {args.input} -> {args.output} in {time.perf_counter() - t0:.2f}s", file=sys.stderr)
+        print(report.summary(), file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "squash":
+            _squash(args)
+        else:
+            from ._demo import run_demo
+
+            run_demo(args.rows)
+    except (DuckquashError, duckdb.Error, OSError) as e:
+        print(f"duckquash: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("duckquash: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

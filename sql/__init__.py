@@ -1,0 +1,1 @@
+"""SQL text of duckquash macros (installed as the ``duckquash.sql`` package)."""

@@ -1,0 +1,18 @@
+-- duckquash SQL entry point, installed per connection by duckquash.install(con).
+-- {udf} is replaced by the name of the Python function that runs the pipeline on a cursor and
+-- returns the path of a Parquet file holding the squashed rows; the macro reads that file, so
+-- the calling statement sees the result whatever transaction it runs in.
+CREATE OR REPLACE TEMP MACRO squash(
+    src,
+    categorical := []::VARCHAR[],
+    quantitative := []::VARCHAR[],
+    method := 'hyprect',
+    alpha := 1.0,
+    weight := 'weight',
+    seed := 0,
+    bins := 3,
+    layers := 3
+) AS TABLE
+    SELECT * FROM read_parquet({udf}(src::VARCHAR, categorical::VARCHAR[], quantitative::VARCHAR[],
+                                     method::VARCHAR, alpha::DOUBLE, weight::VARCHAR, seed::BIGINT,
+                                     bins::INTEGER, layers::INTEGER));
