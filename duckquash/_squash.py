@@ -14,7 +14,7 @@ from ._binning import Binning, fit_binning
 from ._errors import InputError
 from ._generate import exact_row_limit, generate
 from ._moments import MomentTable, assign_regions, momentize
-from ._progress import progress
+from ._progress import progress as progress_bar
 from ._source import resolve
 from ._spec import SquashSpec
 from ._sql import qualified
@@ -84,12 +84,12 @@ def squash_to_arrow(con: duckdb.DuckDBPyConnection, source: object, spec: Squash
     try:
         src.check_columns(spec.columns, spec.quantitative)
         t0 = time.perf_counter()
-        with progress(con, "group", show_progress):
+        with progress_bar(con, "group", show_progress):
             binning, extent, sample = fit_binning(con, src, spec)
         timings["group"] = time.perf_counter() - t0
         fetch_rows = exact_row_limit(spec.alpha, len(spec.quantitative)) if spec.alpha > 0 else 0
         t0 = time.perf_counter()
-        with progress(con, "momentize", show_progress):
+        with progress_bar(con, "momentize", show_progress):
             moments = momentize(con, src, binning, extent, spec.categorical, spec.degree, fetch_rows)
         timings["momentize"] = time.perf_counter() - t0
     finally:
