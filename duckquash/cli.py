@@ -12,7 +12,7 @@ from . import __version__
 from ._errors import DuckquashError
 from ._spec import SquashSpec
 from ._squash import squash_to_arrow
-from ._writeback import check_file_target, check_table_target, file_format, table_name, write_file, write_table
+from ._writeback import check_file_target, check_table_target, table_name, write_file, write_table
 
 
 def _split_db(arg: str) -> tuple[str, str] | None:

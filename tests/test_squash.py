@@ -1,7 +1,6 @@
 """The Python API end to end: sources, weights, NULLs, determinism, methods, names, writing."""
 import math
 
-import duckdb
 import numpy as np
 import pandas as pd
 import pytest
