@@ -38,6 +38,7 @@ _PROJECTIONS = 50  # rounds of (exact second-order map, clip to bounds)
 _EXACT_TOL = 1e-8  # degree <= 2 error above which a region gets one more point
 _BUMPS = 3
 _CHUNK = 128  # regions per solver batch
+_REL_IMPROVEMENT = 1e-7  # a region stops when a step gains less than this fraction of its cost
 
 
 def n_points(n: np.ndarray, alpha: float) -> np.ndarray:
@@ -238,7 +239,7 @@ def _lm(batch: Batch, theta: np.ndarray, phi: np.ndarray, max_iter: int) -> tupl
         x[idx_ok] = x_new[ok]
         lam[idx_ok] = np.maximum(lam[idx_ok] / 3.0, 1e-9)
         lam[active[~ok]] *= 4.0
-        small = ok & (improved <= 1e-7 * cost[active])
+        small = ok & (improved <= _REL_IMPROVEMENT * cost[active])
         cost[idx_ok] = c_new[ok]
         done = small | (lam[active] > 1e8) | (cost[active] < 1e-20)
         active = active[~done]
