@@ -62,15 +62,18 @@ def _file_sql(path: str) -> str | None:
     return None
 
 
-def _table_exists(con: duckdb.DuckDBPyConnection, parts: list[str]) -> bool:
-    name = parts[-1]
-    schema = parts[-2] if len(parts) >= 2 else None
-    database = parts[-3] if len(parts) >= 3 else None
-    conds = [f"table_name = {literal(name)}"]
-    if schema is not None:
-        conds.append(f"table_schema = {literal(schema)}")
-    if database is not None:
-        conds.append(f"table_catalog = {literal(database)}")
+def table_exists(con: duckdb.DuckDBPyConnection, parts: list[str] | tuple[str, ...], current: bool = False) -> bool:
+    """Whether ``[[catalog.]schema.]name`` names a table or view; ``current``: an unqualified name
+    counts only in the current database and schema (where ``CREATE TABLE name`` would put it)."""
+    conds = [f"table_name = {literal(parts[-1])}"]
+    if len(parts) >= 2:
+        conds.append(f"table_schema = {literal(parts[-2])}")
+    if len(parts) >= 3:
+        conds.append(f"table_catalog = {literal(parts[-3])}")
+    if current and len(parts) < 3:
+        conds.append("table_catalog = current_database()")
+    if current and len(parts) == 1:
+        conds.append("table_schema = current_schema()")
     q = f"SELECT count(*) FROM information_schema.tables WHERE {' AND '.join(conds)}"
     return con.execute(q).fetchall()[0][0] > 0
 
@@ -103,9 +106,9 @@ def resolve(con: duckdb.DuckDBPyConnection, source: object) -> Source:
             if glob.has_magic(source) and not glob.glob(source):
                 raise SourceNotFoundError(f"no file matches the source pattern {source!r}")
             sql, label = file_sql, f"file {source!r}"
-        elif _table_exists(con, [source]):
+        elif table_exists(con, [source]):
             sql, label = ident(source), f"table {source!r}"
-        elif "." in source and _table_exists(con, source.split(".")):
+        elif "." in source and table_exists(con, source.split(".")):
             sql, label = ".".join(ident(p) for p in source.split(".")), f"table {source!r}"
         else:
             raise SourceNotFoundError(

@@ -10,6 +10,7 @@ import duckdb
 import pyarrow as pa
 
 from ._errors import InputError, OutputExistsError
+from ._source import table_exists
 from ._sql import literal, qualified
 
 FILE_FORMATS = {".parquet": "PARQUET", ".pq": "PARQUET", ".csv": "CSV"}
@@ -23,22 +24,8 @@ def table_name(into: str | Sequence[str]) -> tuple[str, ...]:
     return parts
 
 
-def table_exists(con: duckdb.DuckDBPyConnection, parts: tuple[str, ...]) -> bool:
-    conds = [f"table_name = {literal(parts[-1])}"]
-    if len(parts) >= 2:
-        conds.append(f"table_schema = {literal(parts[-2])}")
-    if len(parts) == 3:
-        conds.append(f"table_catalog = {literal(parts[0])}")
-    else:
-        conds.append("table_catalog = current_database()")
-    if len(parts) == 1:
-        conds.append("table_schema = current_schema()")
-    q = f"SELECT count(*) FROM information_schema.tables WHERE {' AND '.join(conds)}"
-    return con.execute(q).fetchall()[0][0] > 0
-
-
 def check_table_target(con: duckdb.DuckDBPyConnection, parts: tuple[str, ...], replace: bool) -> None:
-    if not replace and table_exists(con, parts):
+    if not replace and table_exists(con, parts, current=True):
         raise OutputExistsError(f"output table {'.'.join(parts)!r} already exists; pass replace=True to overwrite it")
 
 
