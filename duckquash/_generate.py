@@ -12,9 +12,10 @@ c_e = 1000, higher degrees share 1 (degree 3 twice degree 4), and moments are us
 first until there are at least as many as unknowns (DuMouchel et al. 1999).
 
 Regions with the same (M, active variables) form one batch solved together by a damped
-Gauss-Newton (Levenberg-Marquardt) iteration in numpy. Afterwards an affine map with the least
-displacement makes mean and covariance exact; regions whose fit stays poor are restarted from a
-new seeded random start and the best fit is kept.
+Gauss-Newton (Levenberg-Marquardt) iteration in numpy, started from sampled rows of the region.
+Afterwards an affine map with the least displacement makes mean and covariance exact; regions
+whose fit stays poor are restarted from other sampled rows and the best fit is kept; regions
+whose second order cannot be made exact inside their bounds get one more point.
 """
 from __future__ import annotations
 
@@ -53,9 +54,10 @@ def exact_row_limit(alpha: float, q: int) -> int:
     limit = 2 * (q + 1)
     n = 2
     while n < 4096:
-        if n_points(np.array([n]), alpha)[0] >= n:
+        m = n_points(np.array([n]), alpha)[0]
+        if m >= n:
             limit = max(limit, n)
-        elif n > 64 and n_points(np.array([n]), alpha)[0] < n // 2:
+        elif n > 64 and m < n // 2:
             break
         n += 1
     return limit
@@ -334,7 +336,7 @@ def solve_batch(batch: Batch, m: int, starts: Callable[[np.ndarray, int], tuple[
     best = _finish(batch, theta, phi, full)
     for attempt in range(1, restarts + 1):
         typical = 2.0 * float(np.median(best.resid_high))
-        poor = np.flatnonzero((best.resid2 > 1e-8) | (best.resid_high > max(POOR_FIT, typical)))
+        poor = np.flatnonzero((best.resid2 > _EXACT_TOL) | (best.resid_high > max(POOR_FIT, typical)))
         if poor.size == 0:
             break
         sub = batch.take(poor)

@@ -38,11 +38,11 @@ def install(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
     files and queries, but not this connection's TEMP tables or uncommitted rows.
     """
     folder = tempfile.mkdtemp(prefix="duckquash-sql-")
-    cursor_ref = weakref.ref(con)
+    owner_ref = weakref.ref(con)
 
     def run(src: str, categorical: list, quantitative: list, method: str, alpha: float, weight: str,
             seed: int, bins: int, layers: int) -> str:
-        owner = cursor_ref()
+        owner = owner_ref()
         if owner is None:
             raise RuntimeError("the connection that installed squash() is closed")
         spec = SquashSpec(tuple(categorical or ()), tuple(quantitative or ()), method, alpha, bins, layers,
@@ -66,7 +66,7 @@ def install(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
                         VARCHAR)
     con.execute(_macro_sql().replace("{udf}", _UDF))
 
-    def cleanup(ref=cursor_ref) -> None:
+    def cleanup(ref=owner_ref) -> None:
         shutil.rmtree(folder, ignore_errors=True)
         owner = ref()
         if owner is not None:

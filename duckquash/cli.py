@@ -51,26 +51,28 @@ def _squash(args: argparse.Namespace) -> None:
     spec = SquashSpec(args.categorical, args.quantitative, args.method, args.alpha, args.bins, args.layers,
                       weight=args.weight, seed=args.seed)
     db_in, db_out = _split_db(args.input), _split_db(args.output)
-    if db_out is None:
-        check_file_target(args.output, args.replace)
+    same_db = db_in is not None and db_out is not None and os.path.abspath(db_in[0]) == os.path.abspath(db_out[0])
     if db_in is not None:
         if not os.path.exists(db_in[0]):
             raise DuckquashError(f"database file {db_in[0]!r} does not exist")
-        con = duckdb.connect(db_in[0], read_only=db_out is None or os.path.abspath(db_out[0]) != os.path.abspath(db_in[0]))
+        con = duckdb.connect(db_in[0], read_only=not same_db)
         source = db_in[1]
     else:
         con = duckdb.connect()
         source = args.input
+    # check the output before the expensive passes; the writers check again when writing
+    if db_out is None:
+        check_file_target(args.output, args.replace)
+    else:
+        out_con = con if same_db else duckdb.connect(db_out[0])
+        parts = table_name(db_out[1])
+        check_table_target(out_con, parts, args.replace)
     t0 = time.perf_counter()
     data, report = squash_to_arrow(con, source, spec, show_progress=not args.quiet)
     t1 = time.perf_counter()
     if db_out is None:
         write_file(con, data, args.output, args.replace)
     else:
-        out_con = con if db_in is not None and os.path.abspath(db_out[0]) == os.path.abspath(db_in[0]) \
-            else duckdb.connect(db_out[0])
-        parts = table_name(db_out[1])
-        check_table_target(out_con, parts, args.replace)
         write_table(out_con, data, parts, args.replace)
     report.timings["write"] = time.perf_counter() - t1
     if not args.quiet:
