@@ -27,6 +27,7 @@ from ._sql import comma, ident, literal
 
 COV_TYPES = ("nonrobust", "HC0", "HC1")
 _RANK_TOL = 1e-11        # smallest/largest eigenvalue of the unit-diagonal X'WX below this: collinear
+_SHIFT_ROWS = 1000       # rows read (not a pass) to find the centring shifts
 _EXTREME = 1e-10         # binomial fitted probabilities within this of 0 or 1 count as separated
 
 
@@ -253,21 +254,27 @@ def _meat(con, from_sql: str, design: Design, family: str, w_sql: str, beta: np.
     return M + np.triu(M, 1).T
 
 
-def _scaled_factor(A: np.ndarray, names: tuple[str, ...], check_rank: bool):
+def _scaled_factor(A: np.ndarray, names: tuple[str, ...], check_rank: bool, basis: np.ndarray | None = None):
     """Cholesky of A scaled to unit diagonal; with ``check_rank``, collinear columns are an InputError."""
     d = np.diag(A).copy()
     zero = [names[i] for i in range(len(d)) if not (d[i] > 0 and np.isfinite(d[i]))]
     if zero and not check_rank:
         raise np.linalg.LinAlgError(f"X'WX has a zero diagonal for {zero}")
     if zero:
-        raise InputError(f"design column(s) {zero} are identically zero on the rows used (perfectly collinear)")
+        raise InputError(f"design column(s) {zero} are zero, or constant next to the intercept, on the rows used (perfectly collinear)")
     s = np.sqrt(d)
     As = A / np.outer(s, s)
     if check_rank:
         w, V = np.linalg.eigh(As)
         if w[0] <= _RANK_TOL * w[-1]:
-            small = V[:, w <= _RANK_TOL * w[-1]]
-            involved = [names[i] for i in range(len(names)) if np.max(np.abs(small[i])) > 1e-3]
+            small = V[:, w <= _RANK_TOL * w[-1]] / s[:, None]   # null vectors of the working columns
+            if basis is not None:  # back to the original (uncentred) columns, scaled to unit length
+                Minv = np.linalg.inv(basis)
+                small = (basis @ small) * np.sqrt(np.abs(np.diag(Minv.T @ A @ Minv)))[:, None]
+            else:
+                small = small * s[:, None]
+            small = small / np.max(np.abs(small), axis=0)
+            involved = [names[i] for i in range(len(names)) if np.max(np.abs(small[i])) > 1e-6]
             raise InputError(f"the design is rank deficient: columns {involved} are perfectly collinear "
                              f"(rank {int(np.sum(w > _RANK_TOL * w[-1]))} of {len(names)}); drop one of them")
     cf = scipy.linalg.cho_factor(As)
@@ -328,6 +335,32 @@ def _warn(status: str, family: str, sums: _Sums, nobs: float, n_iter: int, step:
                                          f"raise max_iter or check the model"), stacklevel=4)
 
 
+def _centred(con, from_sql: str, design: Design) -> tuple[Design, np.ndarray, np.ndarray]:
+    """With an intercept, shift every other column by a rough mean to condition X'WX.
+
+    The shifts are means over the first complete rows (``LIMIT``, not a pass over the data),
+    rounded to 2 significant digits. Fitting ``x - c`` only reparameterises the intercept:
+    ``beta = M beta_shifted`` with ``M = I - e0 c'``.
+    """
+    k = design.k
+    eye = np.eye(k)
+    if "Intercept" not in design.names:
+        return design, eye, eye
+    i0 = design.names.index("Intercept")
+    avgs = comma(f"avg({e})" for e in design.exprs)
+    row = con.execute(f"SELECT {avgs} FROM (SELECT * FROM {from_sql} WHERE {design.where} "
+                      f"LIMIT {_SHIFT_ROWS})").fetchall()[0]
+    c = np.array([0.0 if v is None or not math.isfinite(v) else float(f"{v:.2g}") for v in row])
+    c[i0] = 0.0
+    if not np.any(c):
+        return design, eye, eye
+    exprs = tuple(e if c[j] == 0 else f"({e} - {literal(float(c[j]))})" for j, e in enumerate(design.exprs))
+    M, Minv = eye.copy(), eye.copy()
+    M[i0, :] -= c
+    Minv[i0, :] += c
+    return replace(design, exprs=exprs), M, Minv
+
+
 def fit_design(con: duckdb.DuckDBPyConnection, from_sql: str, design: Design, family: str,
                weight_sql: str | None = None, start: np.ndarray | None = None, max_iter: int = 50,
                tol: float = 1e-8, *, cov_type: str = "nonrobust") -> GLMResults:
@@ -358,7 +391,10 @@ def fit_design(con: duckdb.DuckDBPyConnection, from_sql: str, design: Design, fa
             raise InputError(f"start must be {k} finite numbers, got shape {beta.shape}")
     elif family == "gaussian":
         beta = np.zeros(k)
-    sums = _pass(con, from_sql, design, family, w_sql, beta, first=True)
+    work, M, Minv = _centred(con, from_sql, design)
+    if beta is not None:
+        beta = Minv @ beta
+    sums = _pass(con, from_sql, work, family, w_sql, beta, first=True)
     passes = 1
     c = sums.checks
     if c["rows_total"] == 0:
@@ -376,7 +412,7 @@ def fit_design(con: duckdb.DuckDBPyConnection, from_sql: str, design: Design, fa
     if not sums.sum_f > 0:
         raise InputError("the frequency weights of the complete rows sum to 0")
     n_dropped = int(c["rows_dropped"])
-    cf, s = _scaled_factor(sums.A, design.names, check_rank=True)
+    cf, s = _scaled_factor(sums.A, design.names, check_rank=True, basis=M)
     nobs, rows = sums.sum_f, sums.rows
     converged = False
     n_iter = 1
@@ -384,17 +420,17 @@ def fit_design(con: duckdb.DuckDBPyConnection, from_sql: str, design: Design, fa
         beta = _solve(cf, s, sums.b)
         rss = sums.yy - float(beta @ sums.b)
         if not (rss > 1e-6 * sums.yy):  # cancellation: compute the residual sum of squares exactly
-            sums = _pass(con, from_sql, design, family, w_sql, beta, first=False)
+            sums = _pass(con, from_sql, work, family, w_sql, beta, first=False)
             passes += 1
             rss = sums.dev
         converged, dev = True, max(rss, 0.0)
     else:
         if beta is None:  # start pass: X'Wz at statsmodels' starting mean
             beta = _solve(cf, s, sums.b)
-            sums = _pass(con, from_sql, design, family, w_sql, beta, first=False)
+            sums = _pass(con, from_sql, work, family, w_sql, beta, first=False)
             passes += 1
             n_iter += 1
-        beta, sums, status, step, more = _irls(con, from_sql, design, family, w_sql, beta, sums, n_iter,
+        beta, sums, status, step, more = _irls(con, from_sql, work, family, w_sql, beta, sums, n_iter,
                                                max_iter, tol)
         n_iter += more
         passes += more
@@ -417,8 +453,9 @@ def fit_design(con: duckdb.DuckDBPyConnection, from_sql: str, design: Design, fa
         llf = sums.ll
     meat = None
     if cov_type != "nonrobust":
-        meat = _meat(con, from_sql, design, family, w_sql, beta)
+        meat = Minv.T @ _meat(con, from_sql, work, family, w_sql, beta) @ Minv
         passes += 1
+    beta, cov_unscaled = M @ beta, M @ cov_unscaled @ M.T
     return GLMResults(family=family, design=design, params=beta, normalized_cov_params=cov_unscaled,
                       scale=float(scale), llf=float(llf), deviance=float(dev), nobs=float(nobs), n_rows=rows,
                       n_dropped=n_dropped, df_resid=float(df_resid), df_model=float(df_model),
