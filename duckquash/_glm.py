@@ -27,6 +27,7 @@ from ._sql import comma, ident, literal
 
 COV_TYPES = ("nonrobust", "HC0", "HC1")
 _RANK_TOL = 1e-11        # smallest/largest eigenvalue of the unit-diagonal X'WX below this: collinear
+_SUM = "fsum"            # compensated sums: accurate, and the same result whatever the thread order
 _SHIFT_ROWS = 1000       # rows read (not a pass) to find the centring shifts
 _EXTREME = 1e-10         # binomial fitted probabilities within this of 0 or 1 count as separated
 
@@ -205,16 +206,16 @@ def _pass(con, from_sql: str, design: Design, family: str, w_sql: str, beta: np.
     mid = f"SELECT *, {eta} AS __eta FROM ({inner})"
     mu = f"SELECT *, {fam.mean_sql(family, '__eta')} AS __mu FROM ({mid})"
     top = f"SELECT *, __f * {fam.variance_sql(family, '__mu')} AS __fv, __f * (__y - __mu) AS __fr FROM ({mu})"
-    aggs = [f"sum(__fv * __x{i} * __x{j})" for i in range(k) for j in range(i, k)]
+    aggs = [f"{_SUM}(__fv * __x{i} * __x{j})" for i in range(k) for j in range(i, k)]
     if beta is None:
-        aggs += [f"sum((__fv * __eta + __fr) * __x{i})" for i in range(k)]
+        aggs += [f"{_SUM}((__fv * __eta + __fr) * __x{i})" for i in range(k)]
     else:
-        aggs += [f"sum(__fr * __x{i})" for i in range(k)]
-    aggs += ["sum(__f)", "count(*)",
-             f"sum(__f * {fam.deviance_sql(family, '__y', '__eta')})",
-             f"sum(__f * {fam.loglik_sql(family, '__y', '__eta')})",
-             "sum(__f * __y * __y)",
-             (f"sum(__f * CAST((__mu < {_EXTREME!r} OR __mu > {1 - _EXTREME!r}) AS DOUBLE))"
+        aggs += [f"{_SUM}(__fr * __x{i})" for i in range(k)]
+    aggs += [f"{_SUM}(__f)", "count(*)",
+             f"{_SUM}(__f * {fam.deviance_sql(family, '__y', '__eta')})",
+             f"{_SUM}(__f * {fam.loglik_sql(family, '__y', '__eta')})",
+             f"{_SUM}(__f * __y * __y)",
+             (f"{_SUM}(__f * CAST((__mu < {_EXTREME!r} OR __mu > {1 - _EXTREME!r}) AS DOUBLE))"
               if family == "binomial" else "0.0")]
     nsum = len(aggs)
     checks: dict[str, float] = {}
@@ -252,7 +253,7 @@ def _meat(con, from_sql: str, design: Design, family: str, w_sql: str, beta: np.
     inner = f"SELECT {comma(cols + [f'{design.response} AS __y', f'{w_sql} AS __f'])} FROM {from_sql} " \
             f"WHERE {design.where}"
     r = f"SELECT *, __f * pow(__y - {fam.mean_sql(family, eta)}, 2) AS __r2 FROM ({inner})"
-    aggs = [f"sum(__r2 * __x{i} * __x{j})" for i in range(k) for j in range(i, k)]
+    aggs = [f"{_SUM}(__r2 * __x{i} * __x{j})" for i in range(k) for j in range(i, k)]
     row = con.execute(f"SELECT {comma(aggs)} FROM ({r})").fetchall()[0]
     M = np.zeros((k, k))
     M[np.triu_indices(k)] = [float(v) for v in row]
