@@ -432,7 +432,10 @@ def _formulaic_spec(formula, factors, cats, columns, env, has_lhs):
         if v in col_levels and col_levels[v]:
             vals = col_levels[v]
             cyc = [vals[i % len(vals)] for i in range(n)]
-            data[v] = pd.Series(cyc, dtype=object if isinstance(vals[0], str) else None)
+            if columns[v].upper().startswith("ENUM"):  # pandas reads ENUM as Categorical in enum order
+                data[v] = pd.Series(pd.Categorical(cyc, categories=vals))
+            else:
+                data[v] = pd.Series(cyc, dtype=object if isinstance(vals[0], str) else None)
         else:
             data[v] = pd.Series(0.5 + 1.5 * rng.random(n))
     frame = pd.DataFrame(data)
