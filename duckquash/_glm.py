@@ -77,7 +77,12 @@ class GLMResults:
         return self.design.response_name
 
     def cov_params(self) -> np.ndarray:
-        """Covariance of the coefficients (``cov_type``: model-based, or HC0/HC1 sandwich)."""
+        """Covariance of the coefficients: ``scale * (X'WX)^-1``, or the HC0/HC1 sandwich.
+
+        HC0 counts each row F times (equal to statsmodels' HC0 on the rows repeated F times);
+        HC1 multiplies HC0 by ``nobs / (nobs - k)`` as OLS does (statsmodels' GLM HC1 omits
+        that factor and equals its HC0).
+        """
         return self._cov
 
     @cached_property
