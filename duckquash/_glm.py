@@ -501,7 +501,7 @@ def glm(con: duckdb.DuckDBPyConnection, source: Any, formula: str, family: str =
     >>> _ = con.execute("CREATE TABLE t AS SELECT i::DOUBLE AS x, 2 * i + (i % 3) AS y FROM range(100) r(i)")
     >>> res = duckquash.glm(con, "t", "y ~ x")
     >>> [round(float(b), 3) for b in res.params]
-    [0.97, 2.0]
+    [0.98, 2.0]
     """
     family = fam.check_family(family)
     if cov_type not in COV_TYPES:
