@@ -27,7 +27,7 @@ from ._sql import comma, ident, literal
 
 COV_TYPES = ("nonrobust", "HC0", "HC1")
 _RANK_TOL = 1e-11        # smallest/largest eigenvalue of the unit-diagonal X'WX below this: collinear
-_SUM = "fsum"            # compensated sums: accurate, and the same result whatever the thread order
+_SUM = "sum"             # plain sums: 3x faster than fsum; run-to-run differences ~1e-15 relative (thread order)
 _SHIFT_ROWS = 1000       # rows read (not a pass) to find the centring shifts
 _EXTREME = 1e-10         # binomial fitted probabilities within this of 0 or 1 count as separated
 
