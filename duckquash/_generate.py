@@ -190,14 +190,13 @@ def _features(y: np.ndarray, fmap: _FeatureMap, with_grad: bool):
     return f, allf[..., fmap.grad_src] * fmap.grad_mul
 
 
-def _residuals(batch: Batch, theta: np.ndarray, phi: np.ndarray, with_jac: bool):
+def _residuals(batch: Batch, theta: np.ndarray, phi: np.ndarray, with_jac: bool, sw: np.ndarray):
     span = batch.hi - batch.lo
     s = _sigmoid(theta)
     y = batch.lo[:, None, :] + span[:, None, :] * s
     pi = _softmax(phi)
     f, g = _features(y, batch.plan.fmap, with_jac)
     mom = np.einsum("bi,bik->bk", pi, f)
-    sw = np.sqrt(batch.plan.weights)
     r = (mom - batch.target) * sw
     if not with_jac:
         return r, None
@@ -210,6 +209,20 @@ def _residuals(batch: Batch, theta: np.ndarray, phi: np.ndarray, with_jac: bool)
 
 
 def _lm(batch: Batch, theta: np.ndarray, phi: np.ndarray, max_iter: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two phases: degree <= 2 residuals weighted like the others (the fit goes to the higher
+    moments instead of being stuck in the stiff exact-second-order valley), then their full
+    weight, which pulls them to (nearly) exact inside the bounds before the affine correction."""
+    low = batch.plan.degree <= 2
+    w = batch.plan.weights
+    theta, phi = _lm_phase(batch, theta, phi, max_iter, np.sqrt(np.where(low, LOW_W1, w)))
+    return _lm_phase(batch, theta, phi, int(PHASE2), np.sqrt(w))
+
+
+LOW_W1 = 1.0  # weight of degree <= 2 residuals in the first phase
+PHASE2 = 15  # iterations of the second phase (full weight on degree <= 2)
+
+
+def _lm_phase(batch: Batch, theta: np.ndarray, phi: np.ndarray, max_iter: int, sw) -> tuple[np.ndarray, np.ndarray]:
     """Levenberg-Marquardt on all regions of the batch at once; converged regions drop out."""
     b, m, d = theta.shape
     x = np.concatenate([theta.reshape(b, m * d), phi], axis=1)
@@ -219,13 +232,13 @@ def _lm(batch: Batch, theta: np.ndarray, phi: np.ndarray, max_iter: int) -> tupl
     def split(v: np.ndarray):
         return v[:, : m * d].reshape(-1, m, d), v[:, m * d:]
 
-    r, _ = _residuals(batch, theta, phi, False)
+    r, _ = _residuals(batch, theta, phi, False, sw)
     cost = (r * r).sum(axis=1)
     for _ in range(max_iter):
         if active.size == 0:
             break
         bt = batch.take(active)
-        r, jac = _residuals(bt, *split(x[active]), True)
+        r, jac = _residuals(bt, *split(x[active]), True, sw)
         jt = jac.transpose(0, 2, 1)
         a = jt @ jac
         grad = (jt @ r[:, :, None])[:, :, 0]
@@ -233,7 +246,7 @@ def _lm(batch: Batch, theta: np.ndarray, phi: np.ndarray, max_iter: int) -> tupl
         a[:, np.arange(a.shape[1]), np.arange(a.shape[1])] += lam[active, None] * (diag + 1e-9) + 1e-12
         step = -np.linalg.solve(a, grad[:, :, None])[:, :, 0]
         x_new = x[active] + step
-        r_new, _ = _residuals(bt, *split(x_new), False)
+        r_new, _ = _residuals(bt, *split(x_new), False, sw)
         c_new = (r_new * r_new).sum(axis=1)
         ok = c_new < cost[active]
         improved = cost[active] - c_new
