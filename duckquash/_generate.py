@@ -154,6 +154,7 @@ class _FeatureMap:
     used: np.ndarray  # (K,) positions of the fitted moments in the closure
     grad_src: np.ndarray  # (K, d) position of e - unit_j (0 = constant; masked where e_j = 0)
     grad_mul: np.ndarray  # (K, d) e_j
+    levels: tuple[tuple[int, int], ...]  # closure positions of each degree 1, 2, ...
 
 
 def _feature_map(exps: np.ndarray) -> _FeatureMap:
@@ -175,86 +176,146 @@ def _feature_map(exps: np.ndarray) -> _FeatureMap:
                 prev = [int(v) for v in e]
                 prev[j] -= 1
                 src[a, j] = pos[tuple(prev)]
-    return _FeatureMap(parent, var, used, src, exps.astype(float))
+    deg = np.array([sum(e) for e in closure])
+    levels = tuple((int(np.searchsorted(deg, t)), int(np.searchsorted(deg, t, side="right"))) for t in range(1, top + 1))
+    return _FeatureMap(parent, var, used, src, exps.astype(float), levels)
 
 
 def _features(y: np.ndarray, fmap: _FeatureMap, with_grad: bool):
-    """f[b,i,k] = prod_j y_bij^e_kj over the fitted moments and, optionally, df/dy (B, M, K, d)."""
-    allf = np.empty(y.shape[:2] + (len(fmap.parent),))
-    allf[..., 0] = 1.0
-    for i in range(1, len(fmap.parent)):
-        allf[..., i] = allf[..., fmap.parent[i]] * y[..., fmap.var[i]]
-    f = allf[..., fmap.used]
+    """Monomials of the points, moment-major: f[k,b,i] = prod_j y_bij^e_kj over the fitted moments
+    and, optionally, g[k,j,b,i] = d f[k,b,i] / d y_bij. One vectorised product per degree."""
+    allf = np.empty((len(fmap.parent),) + y.shape[:2])
+    allf[0] = 1.0
+    yt = np.moveaxis(y, -1, 0)
+    for a, b in fmap.levels:
+        np.multiply(allf[fmap.parent[a:b]], yt[fmap.var[a:b]], out=allf[a:b])
+    f = allf[fmap.used]
     if not with_grad:
         return f, None
-    return f, allf[..., fmap.grad_src] * fmap.grad_mul
+    return f, allf[fmap.grad_src] * fmap.grad_mul[:, :, None, None]
 
 
 def _residuals(batch: Batch, theta: np.ndarray, phi: np.ndarray, with_jac: bool, sw: np.ndarray):
+    """Weighted moment residuals (B, K) and, optionally, their Jacobian (B, K, M d + M)."""
     span = batch.hi - batch.lo
     s = _sigmoid(theta)
     y = batch.lo[:, None, :] + span[:, None, :] * s
     pi = _softmax(phi)
     f, g = _features(y, batch.plan.fmap, with_jac)
-    mom = np.einsum("bi,bik->bk", pi, f)
+    mom = np.einsum("kbi,bi->bk", f, pi)
     r = (mom - batch.target) * sw
     if not with_jac:
         return r, None
-    dy = span[:, None, :] * s * (1.0 - s)  # (B, M, d)
-    jy = (pi[:, :, None, None] * g * dy[:, :, None, :]).transpose(0, 2, 1, 3)  # (B, K, M, d)
-    jphi = (pi[:, :, None] * (f - mom[:, None, :])).transpose(0, 2, 1)  # (B, K, M)
-    b, k, m, d = jy.shape
-    jac = np.concatenate([jy.reshape(b, k, m * d), jphi], axis=2) * sw[None, :, None]
-    return r, jac
+    k, d, b, m = g.shape
+    pdy = np.moveaxis(pi[:, :, None] * span[:, None, :] * s * (1.0 - s), -1, 0)  # (d, B, M)
+    jac = np.empty((b, k, m, d + 1))
+    jac[..., :d] = (g * (pdy * 1.0)[None]).transpose(2, 0, 3, 1)
+    jac[..., d] = ((f - mom.T[:, :, None]) * pi[None]).transpose(1, 0, 2)
+    jac *= sw[None, :, None, None]
+    return r, jac.reshape(b, k, m * (d + 1))
 
 
 def _lm(batch: Batch, theta: np.ndarray, phi: np.ndarray, max_iter: int) -> tuple[np.ndarray, np.ndarray]:
-    """Two phases: degree <= 2 residuals weighted like the others (the fit goes to the higher
-    moments instead of being stuck in the stiff exact-second-order valley), then their full
-    weight, which pulls them to (nearly) exact inside the bounds before the affine correction."""
+    """Two phases: LM with degree <= 2 residuals weighted like the others (the fit goes to the
+    higher moments instead of crawling along the stiff exact-second-order valley), then
+    minimum-norm Gauss-Newton steps onto exact degree <= 2 moments, inside the bounds."""
     low = batch.plan.degree <= 2
     w = batch.plan.weights
     theta, phi = _lm_phase(batch, theta, phi, max_iter, np.sqrt(np.where(low, LOW_W1, w)))
-    return _lm_phase(batch, theta, phi, int(PHASE2), np.sqrt(w))
+    return _project_low(batch, theta, phi, PHASE2)
+
+
+def _project_low(batch: Batch, theta: np.ndarray, phi: np.ndarray, iters: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss-Newton with minimum-norm steps on the degree <= 2 residuals alone: moves the fit the
+    least (in parameter space) onto the manifold where mean and covariance are exact."""
+    low = np.flatnonzero(batch.plan.degree <= 2)
+    exps = batch.plan.exps[low]
+    plan = MomentPlan(exps, np.ones(len(low)), batch.plan.degree[low], _feature_map(exps))
+    sub = Batch(plan, batch.target[:, low], batch.lo, batch.hi, batch.corr)
+    b, m, d = theta.shape
+    ones = np.ones(len(low))
+
+    def split(v: np.ndarray):
+        v = v.reshape(len(v), m, d + 1)
+        return v[:, :, :d], v[:, :, d]
+
+    x = np.concatenate([theta, phi[:, :, None]], axis=2).reshape(b, m * (d + 1))
+    active = np.arange(b)
+    r, _ = _residuals(sub, theta, phi, False, ones)
+    cost = (r * r).sum(axis=1)
+    for _ in range(iters):
+        if active.size == 0:
+            break
+        st = sub.take(active)
+        r, jac = _residuals(st, *split(x[active]), True, ones)
+        jjt = jac @ jac.transpose(0, 2, 1)
+        k = jjt.shape[1]
+        jjt[:, np.arange(k), np.arange(k)] += 1e-12 * np.einsum("bii->b", jjt)[:, None] + 1e-300
+        step = -(jac.transpose(0, 2, 1) @ np.linalg.solve(jjt, r[:, :, None]))[:, :, 0]
+        t = np.ones(len(active))
+        x0 = x[active]
+        for _h in range(6):  # step halving until the residual drops
+            r_new, _ = _residuals(st, *split(x0 + t[:, None] * step), False, ones)
+            c_new = (r_new * r_new).sum(axis=1)
+            ok = c_new < cost[active]
+            if ok.all():
+                break
+            t = np.where(ok, t, 0.5 * t)
+        x[active[ok]] = (x0 + t[:, None] * step)[ok]
+        cost[active[ok]] = c_new[ok]
+        active = active[ok & (c_new > 1e-28)]
+    return split(x)
 
 
 LOW_W1 = 1.0  # weight of degree <= 2 residuals in the first phase
-PHASE2 = 15  # iterations of the second phase (full weight on degree <= 2)
+PHASE2 = 6  # Gauss-Newton projection steps onto exact degree <= 2 moments
+LAM0 = 1e-3
+REL_GAIN = 1e-7
 
 
 def _lm_phase(batch: Batch, theta: np.ndarray, phi: np.ndarray, max_iter: int, sw) -> tuple[np.ndarray, np.ndarray]:
     """Levenberg-Marquardt on all regions of the batch at once; converged regions drop out."""
     b, m, d = theta.shape
-    x = np.concatenate([theta.reshape(b, m * d), phi], axis=1)
-    lam = np.full(b, 1e-3)
+    x = np.concatenate([theta, phi[:, :, None]], axis=2).reshape(b, m * (d + 1))
+    lam = np.full(b, LAM0)
     active = np.arange(b)
 
     def split(v: np.ndarray):
-        return v[:, : m * d].reshape(-1, m, d), v[:, m * d:]
+        v = v.reshape(len(v), m, d + 1)
+        return v[:, :, :d], v[:, :, d]
 
     r, _ = _residuals(batch, theta, phi, False, sw)
     cost = (r * r).sum(axis=1)
+    nn = x.shape[1]
+    normal = np.empty((b, nn, nn))  # J'J at the current x of each region, kept while steps fail
+    grad = np.empty((b, nn))
+    stale = np.ones(b, dtype=bool)
+    eye = np.arange(nn)
     for _ in range(max_iter):
         if active.size == 0:
             break
-        bt = batch.take(active)
-        r, jac = _residuals(bt, *split(x[active]), True, sw)
-        jt = jac.transpose(0, 2, 1)
-        a = jt @ jac
-        grad = (jt @ r[:, :, None])[:, :, 0]
-        diag = np.einsum("bii->bi", a)
-        a[:, np.arange(a.shape[1]), np.arange(a.shape[1])] += lam[active, None] * (diag + 1e-9) + 1e-12
-        step = -np.linalg.solve(a, grad[:, :, None])[:, :, 0]
+        fresh = active[stale[active]]
+        if fresh.size:
+            r, jac = _residuals(batch.take(fresh), *split(x[fresh]), True, sw)
+            jt = jac.transpose(0, 2, 1)
+            normal[fresh] = jt @ jac
+            grad[fresh] = (jt @ r[:, :, None])[:, :, 0]
+            stale[fresh] = False
+        a = normal[active]
+        diag = a[:, eye, eye]
+        a[:, eye, eye] += lam[active, None] * (diag + 1e-9) + 1e-12
+        step = -np.linalg.solve(a, grad[active][:, :, None])[:, :, 0]
         x_new = x[active] + step
-        r_new, _ = _residuals(bt, *split(x_new), False, sw)
+        r_new, _ = _residuals(batch.take(active), *split(x_new), False, sw)
         c_new = (r_new * r_new).sum(axis=1)
         ok = c_new < cost[active]
         improved = cost[active] - c_new
         idx_ok = active[ok]
         x[idx_ok] = x_new[ok]
+        stale[idx_ok] = True
         lam[idx_ok] = np.maximum(lam[idx_ok] / 3.0, 1e-9)
         lam[active[~ok]] *= 4.0
-        small = ok & (improved <= _REL_IMPROVEMENT * cost[active])
+        small = ok & (improved <= REL_GAIN * cost[active])
         cost[idx_ok] = c_new[ok]
         done = small | (lam[active] > 1e8) | (cost[active] < 1e-20)
         active = active[~done]
@@ -304,18 +365,22 @@ def _finish(batch: Batch, theta: np.ndarray, phi: np.ndarray, full: bool) -> Fit
     lo, hi = batch.lo[:, None, :], batch.hi[:, None, :]
     y0 = lo + span[:, None, :] * _sigmoid(theta)
     pi = _softmax(phi)
-    y = y0
+    y = y0.copy()
+    excess = np.zeros(len(y))
+    todo = np.arange(len(y))  # regions still outside their box after the last exact map
     for _ in range(_PROJECTIONS):
-        y = _exact_second_order(y, pi, batch.corr, full)
-        over = np.maximum(y - hi, lo - y) / span[:, None, :]
-        excess = np.maximum(over.max(axis=(1, 2)), 0.0)
-        if (excess <= _BOUND_SLACK).all():
+        yt = _exact_second_order(y[todo], pi[todo], batch.corr[todo], full)
+        over = np.maximum(yt - hi[todo], lo[todo] - yt) / span[todo, None, :]
+        excess[todo] = np.maximum(over.max(axis=(1, 2)), 0.0)
+        bad = excess[todo] > _BOUND_SLACK
+        y[todo] = np.where(bad[:, None, None], np.clip(yt, lo[todo], hi[todo]), yt)
+        todo = todo[bad]
+        if todo.size == 0:
             break
-        y = np.clip(y, lo, hi)
     use = excess <= _BOUND_SLACK  # elsewhere keep the in-bounds least-squares fit
     y = np.where(use[:, None, None], np.clip(y, lo, hi), y0)
     f, _ = _features(y, batch.plan.fmap, False)
-    mom = np.einsum("bi,bik->bk", pi, f)
+    mom = np.einsum("kbi,bi->bk", f, pi)
     err = mom - batch.target
     low = batch.plan.degree <= 2
     r2 = np.abs(err[:, low]).max(axis=1)
