@@ -7,15 +7,21 @@ region's central, scaled mixed moments t_e = mean(prod_j u_j^e_j). We minimise
     S(Y, w) = sum_e c_e (sum_i pi_i prod_j y_ij^e_j - t_e)^2,    pi = w / N,
 
 with y_ij = lo_j + (hi_j - lo_j) * sigmoid(theta_ij) (values stay inside the region's range)
-and pi = softmax(phi) (weights positive, summing to N). All moments of degree <= 2 get
-c_e = 1000, higher degrees share 1 (degree 3 twice degree 4), and moments are used lowest order
+and pi = softmax(phi) (weights positive, summing to N). Each moment of degree <= 2 gets
+c_e = 1, higher degrees share 1 (degree 3 twice degree 4), and moments are used lowest order
 first until there are at least as many as unknowns (DuMouchel et al. 1999).
 
-Regions with the same (M, active variables) form one batch solved together by a damped
-Gauss-Newton (Levenberg-Marquardt) iteration in numpy, started from sampled rows of the region.
-Afterwards an affine map with the least displacement makes mean and covariance exact; regions
-whose fit stays poor are restarted from other sampled rows and the best fit is kept; regions
-whose second order cannot be made exact inside their bounds get one more point.
+Regions with the same (M, active variables) form one batch solved together in numpy, started
+from sampled rows of the region, in two phases:
+1. Levenberg-Marquardt on S. Degree <= 2 moments are *not* given a stiff penalty here: with a
+   large c_e the iterate crawls along the exact-second-order valley and the degree 3/4
+   moments (which decide how well nonlinear models such as logistic regression are
+   reproduced) stay poor.
+2. Gauss-Newton with minimum-norm steps on the degree <= 2 residuals alone (small K_2 x K_2
+   systems), which moves the fit the least onto exact mean and covariance, inside the bounds.
+Afterwards an affine map with the least displacement removes the rounding left; regions whose
+fit stays poor are restarted from other sampled rows and the best fit is kept; regions whose
+second order cannot be made exact inside their bounds get one more point.
 """
 from __future__ import annotations
 
@@ -31,7 +37,7 @@ from ._binning import Binning
 from ._moments import ROWS_COL, MomentTable, exponents, max_col, min_col, moment_col
 from ._spec import SquashSpec
 
-DEG2_WEIGHT = 1000.0
+DEG2_WEIGHT = 1.0  # LM phase only: exactness comes from the projection phase, not a stiff penalty
 _DEG_RAW_WEIGHT = {3: 2.0, 4: 1.0}
 POOR_FIT = 1e-2  # RMS degree 3/4 residual that is always good enough (else: restart if twice the batch median)
 _BOUND_SLACK = 1e-9  # relative bound violation repaired by clipping after the exact correction
@@ -40,6 +46,8 @@ _EXACT_TOL = 1e-8  # degree <= 2 error above which a region gets one more point
 _BUMPS = 3
 _CHUNK = 128  # regions per solver batch
 _REL_IMPROVEMENT = 1e-7  # a region stops when a step gains less than this fraction of its cost
+_LAM0 = 1e-3  # initial LM damping (Marquardt scaling)
+_PROJECT_STEPS = 6  # Gauss-Newton projection steps onto exact degree <= 2 moments
 
 
 def n_points(n: np.ndarray, alpha: float) -> np.ndarray:
@@ -219,10 +227,8 @@ def _lm(batch: Batch, theta: np.ndarray, phi: np.ndarray, max_iter: int) -> tupl
     """Two phases: LM with degree <= 2 residuals weighted like the others (the fit goes to the
     higher moments instead of crawling along the stiff exact-second-order valley), then
     minimum-norm Gauss-Newton steps onto exact degree <= 2 moments, inside the bounds."""
-    low = batch.plan.degree <= 2
-    w = batch.plan.weights
-    theta, phi = _lm_phase(batch, theta, phi, max_iter, np.sqrt(np.where(low, LOW_W1, w)))
-    return _project_low(batch, theta, phi, PHASE2)
+    theta, phi = _lm_phase(batch, theta, phi, max_iter, np.sqrt(batch.plan.weights))
+    return _project_low(batch, theta, phi, _PROJECT_STEPS)
 
 
 def _project_low(batch: Batch, theta: np.ndarray, phi: np.ndarray, iters: int) -> tuple[np.ndarray, np.ndarray]:
@@ -267,17 +273,11 @@ def _project_low(batch: Batch, theta: np.ndarray, phi: np.ndarray, iters: int) -
     return split(x)
 
 
-LOW_W1 = 1.0  # weight of degree <= 2 residuals in the first phase
-PHASE2 = 6  # Gauss-Newton projection steps onto exact degree <= 2 moments
-LAM0 = 1e-3
-REL_GAIN = 1e-7
-
-
 def _lm_phase(batch: Batch, theta: np.ndarray, phi: np.ndarray, max_iter: int, sw) -> tuple[np.ndarray, np.ndarray]:
     """Levenberg-Marquardt on all regions of the batch at once; converged regions drop out."""
     b, m, d = theta.shape
     x = np.concatenate([theta, phi[:, :, None]], axis=2).reshape(b, m * (d + 1))
-    lam = np.full(b, LAM0)
+    lam = np.full(b, _LAM0)
     active = np.arange(b)
 
     def split(v: np.ndarray):
@@ -315,7 +315,7 @@ def _lm_phase(batch: Batch, theta: np.ndarray, phi: np.ndarray, max_iter: int, s
         stale[idx_ok] = True
         lam[idx_ok] = np.maximum(lam[idx_ok] / 3.0, 1e-9)
         lam[active[~ok]] *= 4.0
-        small = ok & (improved <= REL_GAIN * cost[active])
+        small = ok & (improved <= _REL_IMPROVEMENT * cost[active])
         cost[idx_ok] = c_new[ok]
         done = small | (lam[active] > 1e8) | (cost[active] < 1e-20)
         active = active[~done]
@@ -570,6 +570,8 @@ def generate(moments: MomentTable, binning: Binning, spec: SquashSpec, fetch_row
     for _ in range(_BUMPS + 1):
         rows = (kind == "fit") & (m >= n) & (n <= fetch_rows)
         kind[rows] = "rows"
+        for k in stats:  # the region's own rows: exact (an earlier fit's diagnostics no longer apply)
+            stats[k][rows] = 0.0
         pending = np.flatnonzero((kind == "fit") & ~np.isin(np.arange(len(n)), list(solved)))
         groups: dict[tuple, list[int]] = {}
         for r in pending:
