@@ -26,6 +26,8 @@ second order cannot be made exact inside their bounds get one more point.
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 from itertools import product
@@ -45,6 +47,7 @@ _PROJECTIONS = 50  # rounds of (exact second-order map, clip to bounds)
 _EXACT_TOL = 1e-8  # degree <= 2 error above which a region gets one more point
 _BUMPS = 3
 _CHUNK = 128  # regions per solver batch
+_THREADS = min(4, os.cpu_count() or 1)  # solver threads over chunks
 _REL_IMPROVEMENT = 1e-7  # a region stops when a step gains less than this fraction of its cost
 _LAM0 = 1e-3  # initial LM damping (Marquardt scaling)
 _PROJECT_STEPS = 6  # Gauss-Newton projection steps onto exact degree <= 2 moments
@@ -532,12 +535,18 @@ def _fit_group(reg: _Regions, sample: _Sample, idx: np.ndarray, mr: int, act: tu
         y0 = (sample.z[pos][:, :, a] - mu[sub][:, None, :]) / sd[sub][:, None, :]
         return np.nan_to_num(y0), have
 
-    fits = []
-    for c0 in range(0, len(idx), _CHUNK):  # chunks keep the Jacobians in cache
+    def solve_chunk(c0: int) -> Fit:  # seeded by its own key: the same result in any thread or order
         part = np.arange(c0, min(len(idx), c0 + _CHUNK))
-        fits.append(solve_batch(batch.take(part), mr, lambda sub, attempt, part=part: starts(part[sub], attempt),
-                                seed=spec.seed, key=(dd, *act, c0), restarts=spec.restarts,
-                                max_iter=spec.max_iter, full=mr > dd))
+        return solve_batch(batch.take(part), mr, lambda sub, attempt: starts(part[sub], attempt),
+                           seed=spec.seed, key=(dd, *act, c0), restarts=spec.restarts,
+                           max_iter=spec.max_iter, full=mr > dd)
+
+    chunks = range(0, len(idx), _CHUNK)  # chunks keep the Jacobians in cache
+    if len(chunks) > 1 and _THREADS > 1:  # numpy releases the GIL in its kernels
+        with ThreadPoolExecutor(min(_THREADS, len(chunks))) as pool:
+            fits = list(pool.map(solve_chunk, chunks))
+    else:
+        fits = [solve_chunk(c0) for c0 in chunks]
     fit = Fit(*(np.concatenate([getattr(f, k) for f in fits]) for k in Fit.__dataclass_fields__))
     x = np.repeat(reg.mean_x[idx][:, None, :], mr, axis=1)
     xa = reg.center[a] + reg.scale[a] * (mu[:, None, :] + sd[:, None, :] * fit.y)
