@@ -1,6 +1,4 @@
 """duckquash.sample: uniform and OSMAC subsamples in the squash output format."""
-import importlib.util
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,8 +8,6 @@ import duckquash
 from duckquash import InputError, OutputExistsError
 
 QUANT = ["x1", "x2", "x3", "x4", "x5"]
-needs_glm = pytest.mark.skipif(importlib.util.find_spec("duckquash._glm") is None,
-                               reason="OSMAC needs duckquash._glm (helper glm's branch)")
 MAIN = "defected ~ x1 + x2 + x3 + x4 + x5 + C(a1) + C(a2)"
 
 
@@ -73,7 +69,6 @@ def test_uniform_mse_close_to_n_over_m(con):
     assert expected / 1.6 < np.mean(mses) < expected * 1.6
 
 
-@needs_glm
 def test_osmac_weights_size_and_determinism(con):
     d = rare_events(20_000, seed=2)
     con.register("d", d)
@@ -89,7 +84,6 @@ def test_osmac_weights_size_and_determinism(con):
     assert out.defected.mean() > 2 * d.defected.mean()
 
 
-@needs_glm
 @pytest.mark.parametrize("criterion", ["mmse", "mvc"])
 def test_osmac_beats_uniform_at_equal_size(con, criterion):
     d = rare_events(60_000, seed=4)
@@ -108,7 +102,6 @@ def test_osmac_beats_uniform_at_equal_size(con, criterion):
     assert o < 0.8 * u
 
 
-@needs_glm
 def test_bad_input(small):
     with pytest.raises(InputError, match="more than the 5,000 rows"):
         duckquash.sample(small, "small", 5001)
