@@ -100,7 +100,7 @@ def plot_z(z: pa.Table, path: str, title: str = "") -> str:
     methods = list(dict.fromkeys(z.column("method").to_pylist()))
     terms = list(dict.fromkeys(z.column("term").to_pylist()))
     markers = "os^Dvx+*<>ph"
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(terms) + 2), 4.5))
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.45 * len(terms) + 3.5), 4.5))
     zz = z.to_pydict()
     for k, m in enumerate(methods):
         pts = [(terms.index(t), v) for mm, t, v in zip(zz["method"], zz["term"], zz["z"]) if mm == m]
@@ -112,7 +112,7 @@ def plot_z(z: pa.Table, path: str, title: str = "") -> str:
     ax.set_ylabel("(beta_reduced - beta_full) / SE_full")
     ax.set_yscale("symlog", linthresh=1.0)
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left", borderaxespad=0)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
