@@ -60,6 +60,7 @@ class Design:
     where : SQL condition keeping complete rows: every variable non-NULL (and not NaN) and every
         design/response expression finite; statsmodels' ``missing='drop'``.
     levels : the levels found for each categorical factor, by factor expression.
+    predictors : the source columns the right-hand side uses (what ``predict`` needs).
     """
 
     response: str | None
@@ -69,6 +70,7 @@ class Design:
     variables: tuple[str, ...]
     where: str = "TRUE"
     levels: tuple[tuple[str, tuple], ...] = ()
+    predictors: tuple[str, ...] = ()
 
     @property
     def k(self) -> int:
@@ -161,6 +163,7 @@ def _q_arg(node: ast.Call, tr: _Translator) -> str:
     return arg.value
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m|[\u29db\u29da]")
 _BACKQUOTE = re.compile(r"`([^`]*)`")
 _BQ_NAMES: dict[str, str] = {}
 
@@ -309,6 +312,7 @@ def build_design(con: duckdb.DuckDBPyConnection, source_sql: str, formula: str, 
     """
     from formulaic import Formula
     from formulaic.errors import FormulaicError
+    from formulaic.formula import SimpleFormula
 
     if not isinstance(formula, str) or not formula.strip():
         raise InputError(f"formula must be a non-empty string, got {formula!r}")
@@ -317,14 +321,15 @@ def build_design(con: duckdb.DuckDBPyConnection, source_sql: str, formula: str, 
         columns = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM {source_sql}").fetchall()}
     try:
         parsed = Formula(formula)
-    except FormulaicError as e:
-        raise InputError(f"cannot parse formula {formula!r}: {e}") from None
-    except Exception as e:  # formulaic raises plain exceptions for some syntax
-        raise InputError(f"cannot parse formula {formula!r}: {e}") from None
-    if hasattr(parsed, "lhs"):
-        lhs_terms, rhs_terms = list(parsed.lhs), list(parsed.rhs)
-    else:
-        lhs_terms, rhs_terms = [], list(parsed)
+    except (FormulaicError, Exception) as e:  # formulaic raises plain exceptions for some syntax
+        raise InputError(f"cannot parse formula {formula!r}: {_ANSI.sub('', str(e))}") from None
+    parts = (parsed.lhs, parsed.rhs) if hasattr(parsed, "lhs") else (None, parsed)
+    for part in parts:
+        if part is not None and not isinstance(part, SimpleFormula):
+            raise InputError(f"unsupported formula syntax in {formula!r}: multi-part formulas ('|', several "
+                             f"responses) are not supported; use one response and one right-hand side")
+    lhs_terms = list(parts[0]) if parts[0] is not None else []
+    rhs_terms = list(parts[1])
     # translate every factor once
     factors: dict[str, _Factor] = {}
     for term in lhs_terms + rhs_terms:
@@ -354,7 +359,9 @@ def build_design(con: duckdb.DuckDBPyConnection, source_sql: str, formula: str, 
                           if f.sql is not None and not f.sql.startswith("CAST(")]
     return Design(response=response, response_name=response_name, names=tuple(names), exprs=tuple(exprs),
                   variables=variables, where=" AND ".join(conds) if conds else "TRUE",
-                  levels=tuple((k, tuple(v)) for k, v in cats.items()))
+                  levels=tuple((k, tuple(v)) for k, v in cats.items()),
+                  predictors=tuple(dict.fromkeys(v for t in rhs_terms for fa in t.factors
+                                                 if fa.expr in factors for v in factors[fa.expr].used)))
 
 
 def _complete_sql(variables: tuple[str, ...], columns: Mapping[str, str]) -> str:
@@ -432,11 +439,12 @@ def _formulaic_spec(formula, factors, cats, columns, env, has_lhs):
     ctx = {**_contrast_context(), "log": np.log, "exp": np.exp, "sqrt": np.sqrt, "log10": np.log10,
            "log2": np.log2, "log1p": np.log1p, "expm1": np.expm1, "abs": np.abs, "square": np.square,
            **env}
-    rhs = formula.split("~", 1)[1] if has_lhs else formula
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            mm = model_matrix(rhs, frame, context=ctx, na_action="ignore")
+            mm = model_matrix(formula, frame, context=ctx, na_action="ignore")
+            if has_lhs:
+                mm = mm.rhs
     except InputError:
         raise
     except Exception as e:

@@ -137,8 +137,7 @@ class GLMResults:
         if isinstance(source, duckdb.DuckDBPyRelation):
             return source.project(f"*, {expr} AS predicted")
         src = resolve(con, source)
-        missing = [v for v in self.design.variables if v not in src.columns
-                   and v != _response_variable(self.design)]
+        missing = [v for v in self.design.predictors if v not in src.columns]
         if missing:
             raise InputError(f"{src.label} lacks the model variable(s) {missing}")
         return con.sql(f"SELECT *, {expr} AS predicted FROM {src.sql}")
@@ -147,11 +146,7 @@ class GLMResults:
         return " + ".join(f"{literal(float(b))} * {x}" for b, x in zip(self.params, self.design.exprs)) or "0.0"
 
     def _predictors_where(self) -> str:
-        conds = []
-        for v in self.design.variables:
-            if v != _response_variable(self.design):
-                conds.append(f"{ident(v)} IS NOT NULL")
-        return " AND ".join(conds) or "TRUE"
+        return " AND ".join(f"{ident(v)} IS NOT NULL" for v in self.design.predictors) or "TRUE"
 
     def summary(self) -> str:
         """A readable text table: fit statistics, then one line per coefficient."""
@@ -173,10 +168,6 @@ class GLMResults:
 
     def __str__(self) -> str:
         return self.summary()
-
-
-def _response_variable(design: Design) -> str | None:
-    return None  # the response may share variables with predictors; predict only needs predictors
 
 
 # ---------------------------------------------------------------- the passes
@@ -266,6 +257,8 @@ def _scaled_factor(A: np.ndarray, names: tuple[str, ...], check_rank: bool):
     """Cholesky of A scaled to unit diagonal; with ``check_rank``, collinear columns are an InputError."""
     d = np.diag(A).copy()
     zero = [names[i] for i in range(len(d)) if not (d[i] > 0 and np.isfinite(d[i]))]
+    if zero and not check_rank:
+        raise np.linalg.LinAlgError(f"X'WX has a zero diagonal for {zero}")
     if zero:
         raise InputError(f"design column(s) {zero} are identically zero on the rows used (perfectly collinear)")
     s = np.sqrt(d)
@@ -288,6 +281,51 @@ def _solve(cf, s, b):
 def _inverse(cf, s):
     k = len(s)
     return scipy.linalg.cho_solve(cf, np.eye(k)) / np.outer(s, s)
+
+
+def _irls(con, from_sql, design, family, w_sql, beta, sums, n_iter, max_iter, tol):
+    """Newton/IRLS steps from ``beta`` (whose pass is ``sums``) until the step is below ``tol``.
+
+    Returns (beta, sums at beta, status, last step size, passes made); status is ``converged``,
+    ``max_iter``, ``separated`` (binomial fitted probabilities at 0/1 and the deviance settled) or
+    ``singular`` (X'WX lost rank at the boundary).
+    """
+    more, step, dev_prev = 0, float("nan"), float("nan")
+    while True:
+        if family == "binomial" and sums.extreme > 0 and (
+                sums.dev <= 1e-8 * sums.sum_f or abs(sums.dev - dev_prev) <= 1e-10 * (abs(sums.dev) + 1.0)):
+            return beta, sums, "separated", step, more
+        try:
+            cf, s = _scaled_factor(sums.A, design.names, check_rank=False)
+        except np.linalg.LinAlgError:
+            return beta, sums, "singular", step, more
+        delta = _solve(cf, s, sums.b)
+        step = float(np.max(np.abs(delta)))
+        if step <= tol * (1.0 + np.max(np.abs(beta))):
+            return beta, sums, "converged", step, more
+        if n_iter + more >= max_iter:
+            return beta, sums, "max_iter", step, more
+        beta, dev_prev = beta + delta, sums.dev
+        sums = _pass(con, from_sql, design, family, w_sql, beta, first=False)
+        more += 1
+
+
+def _warn(status: str, family: str, sums: _Sums, nobs: float, n_iter: int, step: float) -> None:
+    """One clear warning for a fit that is not a clean convergence."""
+    if family == "binomial" and sums.extreme > 0:
+        if sums.dev <= 1e-8 * nobs:
+            msg = ("perfect separation: the binomial model fits every row exactly (fitted probabilities 0/1); "
+                   "the coefficients are not finite estimates")
+        else:
+            msg = (f"quasi-separation: {sums.extreme:,.6g} (weighted) rows have fitted probability 0 or 1; "
+                   f"some coefficients diverge and their standard errors are meaningless")
+        warnings.warn(PerfectSeparationWarning(msg), stacklevel=4)
+    elif status == "singular":
+        warnings.warn(ConvergenceWarning("X'WX became singular during IRLS (fitted values at the boundary of "
+                                         "the family's range); stopping"), stacklevel=4)
+    elif status != "converged":
+        warnings.warn(ConvergenceWarning(f"IRLS did not converge in {n_iter} iterations (last step {step:.3g}); "
+                                         f"raise max_iter or check the model"), stacklevel=4)
 
 
 def fit_design(con: duckdb.DuckDBPyConnection, from_sql: str, design: Design, family: str,
@@ -356,41 +394,18 @@ def fit_design(con: duckdb.DuckDBPyConnection, from_sql: str, design: Design, fa
             sums = _pass(con, from_sql, design, family, w_sql, beta, first=False)
             passes += 1
             n_iter += 1
-        while True:
-            if family == "binomial" and sums.dev <= 1e-8 * nobs and sums.extreme > 0:
-                warnings.warn(PerfectSeparationWarning(
-                    f"perfect separation: the binomial model fits every row exactly (fitted probabilities "
-                    f"0/1); coefficients {list(design.names)} are not finite estimates"), stacklevel=3)
-                break
-            try:
-                cf, s = _scaled_factor(sums.A, design.names, check_rank=False)
-            except np.linalg.LinAlgError:
-                warnings.warn(ConvergenceWarning("X'WX became singular during IRLS (fitted values at the "
-                                                 "boundary); stopping"), stacklevel=3)
-                break
-            delta = _solve(cf, s, sums.b)
-            if np.max(np.abs(delta)) <= tol * (1.0 + np.max(np.abs(beta))):
-                converged = True
-                break
-            if n_iter >= max_iter:
-                break
-            beta = beta + delta
-            sums = _pass(con, from_sql, design, family, w_sql, beta, first=False)
-            passes += 1
-            n_iter += 1
+        beta, sums, status, step, more = _irls(con, from_sql, design, family, w_sql, beta, sums, n_iter,
+                                               max_iter, tol)
+        n_iter += more
+        passes += more
+        converged = status == "converged"
         dev = sums.dev
-        if not converged:
-            warnings.warn(ConvergenceWarning(
-                f"IRLS did not converge in {n_iter} iterations (last step {np.max(np.abs(delta)):.3g})"
-                if 'delta' in locals() else f"IRLS did not converge in {n_iter} iterations"), stacklevel=3)
-        if family == "binomial" and sums.extreme > 0 and sums.dev > 1e-8 * nobs:
-            warnings.warn(PerfectSeparationWarning(
-                f"quasi-separation: {sums.extreme:,.6g} (weighted) rows have fitted probability 0 or 1; "
-                f"some coefficients diverge and their standard errors are meaningless"), stacklevel=3)
+        _warn(status, family, sums, nobs, n_iter, step)
     try:
+        cf, s = _scaled_factor(sums.A, design.names, check_rank=False)
         cov_unscaled = _inverse(cf, s)
-    except Exception:
-        cov_unscaled = np.full((k, k), np.nan)
+    except np.linalg.LinAlgError:  # separation: X'WX singular at the last coefficients (already warned)
+        cov_unscaled = np.linalg.pinv(sums.A)
     rank = k
     df_model = rank - 1
     df_resid = nobs - rank
