@@ -5,7 +5,8 @@ exact least squares on the same 2.5M-row CSV (written by
 ``examples/larger_than_memory_regression.py``). Each pipeline runs in its own process under
 ``/usr/bin/time -v`` (peak RSS, wall clock including imports); the child also reports the
 wall time of the work alone (after imports). Runs alternate, ``--repeat`` times each; the
-coefficients of the two pipelines are checked to agree.
+coefficients of the pipelines are checked to agree. A third, reference row: one hand-written
+DuckDB pass of X'X and X'y over the same design (what a Gaussian fit needs at least).
 
 The seed pipeline: ``pd.read_csv(chunksize=50000)`` -> ``patsy.dmatrices`` per chunk -> append to
 zlib-compressed PyTables EArrays -> ``dask.array`` ``solve(X'X, X'y)``, as in the seed.
@@ -47,6 +48,31 @@ def child_duckquash(csv: str, work: str) -> dict:
     con = duckdb.connect()
     fit = duckquash.glm(con, csv, "y ~ " + ex.FORMULA, "gaussian", levels=ex.LEVELS)
     return {"seconds": time.perf_counter() - t0, "params": dict(zip(fit.exog_names, map(float, fit.params)))}
+
+
+def child_xtx(csv: str, work: str) -> dict:
+    """Reference: one hand-written SQL pass of X'X and X'y over the same design, numpy solve."""
+    import duckdb
+    import numpy as np
+
+    import duckquash
+    from duckquash._sql import comma, literal
+
+    ex = _example()
+    t0 = time.perf_counter()
+    con = duckdb.connect()
+    src = f"read_csv({literal(csv)})"
+    d = duckquash.build_design(con, src, "y ~ " + ex.FORMULA, levels=ex.LEVELS)
+    k = len(d.exprs)
+    pairs = [(i, j) for i in range(k) for j in range(i, k)]
+    aggs = [f"sum(({d.exprs[i]}) * ({d.exprs[j]}))" for i, j in pairs]
+    aggs += [f"sum(({e}) * ({d.response}))" for e in d.exprs]
+    row = con.execute(f"SELECT {comma(aggs)} FROM {src} WHERE {d.where}").fetchall()[0]
+    xtx = np.zeros((k, k))
+    for (i, j), v in zip(pairs, row):
+        xtx[i, j] = xtx[j, i] = v
+    beta = np.linalg.solve(xtx, np.array(row[len(pairs):]))
+    return {"seconds": time.perf_counter() - t0, "params": dict(zip(d.names, map(float, beta)))}
 
 
 def child_seed(csv: str, work: str) -> dict:
@@ -105,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.child:
         kind, csv = args.child
-        res = {"duckquash": child_duckquash, "seed": child_seed}[kind](csv, args.dir)
+        res = {"duckquash": child_duckquash, "seed": child_seed, "xtx": child_xtx}[kind](csv, args.dir)
         print(json.dumps(res))
         return
     work = args.dir or tempfile.mkdtemp(prefix="duckquash-seedbench-")
@@ -115,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         _example().write_csv(csv, args.rows)
         print(f"wrote {csv} ({os.path.getsize(csv) / 2**20:,.0f} MiB) in {time.perf_counter() - t0:.1f}s")
-    results: dict[str, list[dict]] = {"duckquash": [], "seed": []}
+    results: dict[str, list[dict]] = {"duckquash": [], "seed": [], "xtx": []}
     for r in range(args.repeat):
         for kind in results:
             res = run(kind, csv, work)
@@ -125,10 +151,12 @@ def main(argv: list[str] | None = None) -> None:
     med = {k: {m: statistics.median(x[m] for x in v) for m in ("seconds", "wall", "rss_mib")}
            for k, v in results.items()}
     a, b = results["duckquash"][0]["params"], results["seed"][0]["params"]
-    diff = max(abs(a[n] - b[n]) for n in a)
+    c = results["xtx"][0]["params"]
+    diff = max(max(abs(a[n] - b[n]), abs(a[n] - c[n])) for n in a)
     print(f"\nrows {args.rows:,}; median of {args.repeat} runs each; max |coefficient difference| {diff:.2e}")
     print("| pipeline | work (s) | process wall (s) | peak RSS (MiB) |\n|---|---:|---:|---:|")
-    for k, label in (("seed", "seed: pandas chunks + patsy + PyTables + dask"), ("duckquash", "duckquash.glm")):
+    for k, label in (("seed", "seed: pandas chunks + patsy + PyTables + dask"), ("duckquash", "duckquash.glm"),
+                     ("xtx", "reference: one hand-written SQL pass of X'X, X'y (WHERE, no FILTER)")):
         print(f"| {label} | {med[k]['seconds']:.2f} | {med[k]['wall']:.2f} | {med[k]['rss_mib']:.0f} |")
     print(f"speed-up (work) {med['seed']['seconds'] / med['duckquash']['seconds']:.1f}x, "
           f"(process) {med['seed']['wall'] / med['duckquash']['wall']:.1f}x; "
