@@ -27,6 +27,8 @@ from ._sql import comma, ident, literal
 
 COV_TYPES = ("nonrobust", "HC0", "HC1")
 _RANK_TOL = 1e-11        # smallest/largest eigenvalue of the unit-diagonal X'WX below this: collinear
+_SUM = "fsum"            # compensated sums: accurate, and the same result whatever the thread order
+_SHIFT_ROWS = 1000       # rows read (not a pass) to find the centring shifts
 _EXTREME = 1e-10         # binomial fitted probabilities within this of 0 or 1 count as separated
 
 
@@ -75,7 +77,12 @@ class GLMResults:
         return self.design.response_name
 
     def cov_params(self) -> np.ndarray:
-        """Covariance of the coefficients (``cov_type``: model-based, or HC0/HC1 sandwich)."""
+        """Covariance of the coefficients: ``scale * (X'WX)^-1``, or the HC0/HC1 sandwich.
+
+        HC0 counts each row F times (equal to statsmodels' HC0 on the rows repeated F times);
+        HC1 multiplies HC0 by ``nobs / (nobs - k)`` as OLS does (statsmodels' GLM HC1 omits
+        that factor and equals its HC0).
+        """
         return self._cov
 
     @cached_property
@@ -191,39 +198,46 @@ def _pass(con, from_sql: str, design: Design, family: str, w_sql: str, beta: np.
     k = design.k
     cols = [f"{e} AS __x{j}" for j, e in enumerate(design.exprs)]
     ok = f"COALESCE({design.where}, FALSE)"
-    inner = f"SELECT {comma(cols + [f'{design.response} AS __y', f'{w_sql} AS __f', f'{ok} AS __ok'])} " \
-            f"FROM {from_sql}"
-    if not first:
-        inner += f" WHERE {design.where}"
+    if first:
+        inner = f"SELECT {comma(cols + [f'{design.response} AS __y', f'{w_sql} AS __f', f'{ok} AS __ok'])} " \
+                f"FROM {from_sql}"
+    else:
+        inner = f"SELECT {comma(cols + [f'{design.response} AS __y', f'{w_sql} AS __f'])} FROM {from_sql} " \
+                f"WHERE {design.where}"
     if beta is None:
         eta = fam.start_eta_sql(family, "__y")
     else:
         eta = " + ".join(f"{literal(float(b))} * __x{j}" for j, b in enumerate(beta)) or "0.0"
     mid = f"SELECT *, {eta} AS __eta FROM ({inner})"
     mu = f"SELECT *, {fam.mean_sql(family, '__eta')} AS __mu FROM ({mid})"
-    top = f"SELECT *, {fam.variance_sql(family, '__mu')} AS __v FROM ({mu})"
-    filt = " FILTER (WHERE __ok)" if first else ""
-    aggs = [f"sum(__f * __v * __x{i} * __x{j}){filt}" for i in range(k) for j in range(i, k)]
+    top = f"SELECT *, __f * {fam.variance_sql(family, '__mu')} AS __fv, __f * (__y - __mu) AS __fr FROM ({mu})"
+    aggs = [f"{_SUM}(__fv * __x{i} * __x{j})" for i in range(k) for j in range(i, k)]
     if beta is None:
-        aggs += [f"sum(__f * (__v * __eta + (__y - __mu)) * __x{i}){filt}" for i in range(k)]
+        aggs += [f"{_SUM}((__fv * __eta + __fr) * __x{i})" for i in range(k)]
     else:
-        aggs += [f"sum(__f * (__y - __mu) * __x{i}){filt}" for i in range(k)]
-    aggs += [f"sum(__f){filt}", f"count(*){filt}",
-             f"sum(__f * {fam.deviance_sql(family, '__y', '__eta')}){filt}",
-             f"sum(__f * {fam.loglik_sql(family, '__y', '__eta')}){filt}",
-             f"sum(__f * __y * __y){filt}",
-             (f"sum(__f * CAST((__mu < {_EXTREME!r} OR __mu > {1 - _EXTREME!r}) AS DOUBLE)){filt}"
+        aggs += [f"{_SUM}(__fr * __x{i})" for i in range(k)]
+    aggs += [f"{_SUM}(__f)", "count(*)",
+             f"{_SUM}(__f * {fam.deviance_sql(family, '__y', '__eta')})",
+             f"{_SUM}(__f * {fam.loglik_sql(family, '__y', '__eta')})",
+             f"{_SUM}(__f * __y * __y)",
+             (f"{_SUM}(__f * CAST((__mu < {_EXTREME!r} OR __mu > {1 - _EXTREME!r}) AS DOUBLE))"
               if family == "binomial" else "0.0")]
-    names = []
-    if first:
+    nsum = len(aggs)
+    checks: dict[str, float] = {}
+    if not first:
+        row = con.execute(f"SELECT {comma(aggs)} FROM ({top})").fetchall()[0]
+    else:
+        # validation rides along: GROUP BY the completeness flag (FILTER on every sum is ~10x slower)
         bad_y = fam.response_check_sql(family, "__y")
-        checks = {"rows_total": "count(*)",
-                  "rows_dropped": "count(*) FILTER (WHERE NOT __ok)",
-                  "bad_weight": "count(*) FILTER (WHERE __f IS NULL OR __f < 0 OR NOT isfinite(__f))",
-                  "bad_response": f"count(*) FILTER (WHERE __ok AND {bad_y})" if bad_y else "0"}
-        names = list(checks)
-        aggs += list(checks.values())
-    row = con.execute(f"SELECT {comma(aggs)} FROM ({top})").fetchall()[0]
+        aggs += ["sum(CAST(COALESCE(__f < 0 OR NOT isfinite(__f), TRUE) AS BIGINT))",
+                 f"sum(CAST(COALESCE({bad_y}, FALSE) AS BIGINT))" if bad_y else "0"]
+        groups = {g[0]: g[1:] for g in con.execute(f"SELECT __ok, {comma(aggs)} FROM ({top}) GROUP BY __ok").fetchall()}
+        good, bad = groups.get(True), groups.get(False)
+        checks = {"rows_total": sum(int(g[nsum - 5]) for g in groups.values()),
+                  "rows_dropped": int(bad[nsum - 5]) if bad else 0,
+                  "bad_weight": sum(int(g[nsum]) for g in groups.values()),
+                  "bad_response": int(good[nsum + 1]) if good else 0}
+        row = good[:nsum] if good else [None] * nsum
     vals = [float("nan") if v is None else float(v) for v in row]
     ntri = k * (k + 1) // 2
     A = np.zeros((k, k))
@@ -231,9 +245,7 @@ def _pass(con, from_sql: str, design: Design, family: str, w_sql: str, beta: np.
     A[iu] = vals[:ntri]
     A = A + np.triu(A, 1).T
     b = np.array(vals[ntri:ntri + k])
-    rest = vals[ntri + k:]
-    sum_f, rows, dev, ll, yy, extreme = rest[:6]
-    checks = dict(zip(names, rest[6:]))
+    sum_f, rows, dev, ll, yy, extreme = vals[ntri + k:ntri + k + 6]
     return _Sums(A, b, 0.0 if math.isnan(sum_f) else sum_f, int(0 if math.isnan(rows) else rows),
                  dev, ll, yy, extreme, checks)
 
@@ -246,28 +258,34 @@ def _meat(con, from_sql: str, design: Design, family: str, w_sql: str, beta: np.
     inner = f"SELECT {comma(cols + [f'{design.response} AS __y', f'{w_sql} AS __f'])} FROM {from_sql} " \
             f"WHERE {design.where}"
     r = f"SELECT *, __f * pow(__y - {fam.mean_sql(family, eta)}, 2) AS __r2 FROM ({inner})"
-    aggs = [f"sum(__r2 * __x{i} * __x{j})" for i in range(k) for j in range(i, k)]
+    aggs = [f"{_SUM}(__r2 * __x{i} * __x{j})" for i in range(k) for j in range(i, k)]
     row = con.execute(f"SELECT {comma(aggs)} FROM ({r})").fetchall()[0]
     M = np.zeros((k, k))
     M[np.triu_indices(k)] = [float(v) for v in row]
     return M + np.triu(M, 1).T
 
 
-def _scaled_factor(A: np.ndarray, names: tuple[str, ...], check_rank: bool):
+def _scaled_factor(A: np.ndarray, names: tuple[str, ...], check_rank: bool, basis: np.ndarray | None = None):
     """Cholesky of A scaled to unit diagonal; with ``check_rank``, collinear columns are an InputError."""
     d = np.diag(A).copy()
     zero = [names[i] for i in range(len(d)) if not (d[i] > 0 and np.isfinite(d[i]))]
     if zero and not check_rank:
         raise np.linalg.LinAlgError(f"X'WX has a zero diagonal for {zero}")
     if zero:
-        raise InputError(f"design column(s) {zero} are identically zero on the rows used (perfectly collinear)")
+        raise InputError(f"design column(s) {zero} are zero, or constant next to the intercept, on the rows used (perfectly collinear)")
     s = np.sqrt(d)
     As = A / np.outer(s, s)
     if check_rank:
         w, V = np.linalg.eigh(As)
         if w[0] <= _RANK_TOL * w[-1]:
-            small = V[:, w <= _RANK_TOL * w[-1]]
-            involved = [names[i] for i in range(len(names)) if np.max(np.abs(small[i])) > 1e-3]
+            small = V[:, w <= _RANK_TOL * w[-1]] / s[:, None]   # null vectors of the working columns
+            if basis is not None:  # back to the original (uncentred) columns, scaled to unit length
+                Minv = np.linalg.inv(basis)
+                small = (basis @ small) * np.sqrt(np.abs(np.diag(Minv.T @ A @ Minv)))[:, None]
+            else:
+                small = small * s[:, None]
+            small = small / np.max(np.abs(small), axis=0)
+            involved = [names[i] for i in range(len(names)) if np.max(np.abs(small[i])) > 1e-6]
             raise InputError(f"the design is rank deficient: columns {involved} are perfectly collinear "
                              f"(rank {int(np.sum(w > _RANK_TOL * w[-1]))} of {len(names)}); drop one of them")
     cf = scipy.linalg.cho_factor(As)
@@ -328,6 +346,32 @@ def _warn(status: str, family: str, sums: _Sums, nobs: float, n_iter: int, step:
                                          f"raise max_iter or check the model"), stacklevel=4)
 
 
+def _centred(con, from_sql: str, design: Design) -> tuple[Design, np.ndarray, np.ndarray]:
+    """With an intercept, shift every other column by a rough mean to condition X'WX.
+
+    The shifts are means over the first complete rows (``LIMIT``, not a pass over the data),
+    rounded to 2 significant digits. Fitting ``x - c`` only reparameterises the intercept:
+    ``beta = M beta_shifted`` with ``M = I - e0 c'``.
+    """
+    k = design.k
+    eye = np.eye(k)
+    if "Intercept" not in design.names:
+        return design, eye, eye
+    i0 = design.names.index("Intercept")
+    avgs = comma(f"avg({e})" for e in design.exprs)
+    row = con.execute(f"SELECT {avgs} FROM (SELECT * FROM {from_sql} WHERE {design.where} "
+                      f"LIMIT {_SHIFT_ROWS})").fetchall()[0]
+    c = np.array([0.0 if v is None or not math.isfinite(v) else float(f"{v:.2g}") for v in row])
+    c[i0] = 0.0
+    if not np.any(c):
+        return design, eye, eye
+    exprs = tuple(e if c[j] == 0 else f"({e} - {literal(float(c[j]))})" for j, e in enumerate(design.exprs))
+    M, Minv = eye.copy(), eye.copy()
+    M[i0, :] -= c
+    Minv[i0, :] += c
+    return replace(design, exprs=exprs), M, Minv
+
+
 def fit_design(con: duckdb.DuckDBPyConnection, from_sql: str, design: Design, family: str,
                weight_sql: str | None = None, start: np.ndarray | None = None, max_iter: int = 50,
                tol: float = 1e-8, *, cov_type: str = "nonrobust") -> GLMResults:
@@ -358,7 +402,10 @@ def fit_design(con: duckdb.DuckDBPyConnection, from_sql: str, design: Design, fa
             raise InputError(f"start must be {k} finite numbers, got shape {beta.shape}")
     elif family == "gaussian":
         beta = np.zeros(k)
-    sums = _pass(con, from_sql, design, family, w_sql, beta, first=True)
+    work, M, Minv = _centred(con, from_sql, design)
+    if beta is not None:
+        beta = Minv @ beta
+    sums = _pass(con, from_sql, work, family, w_sql, beta, first=True)
     passes = 1
     c = sums.checks
     if c["rows_total"] == 0:
@@ -376,7 +423,7 @@ def fit_design(con: duckdb.DuckDBPyConnection, from_sql: str, design: Design, fa
     if not sums.sum_f > 0:
         raise InputError("the frequency weights of the complete rows sum to 0")
     n_dropped = int(c["rows_dropped"])
-    cf, s = _scaled_factor(sums.A, design.names, check_rank=True)
+    cf, s = _scaled_factor(sums.A, design.names, check_rank=True, basis=M)
     nobs, rows = sums.sum_f, sums.rows
     converged = False
     n_iter = 1
@@ -384,17 +431,17 @@ def fit_design(con: duckdb.DuckDBPyConnection, from_sql: str, design: Design, fa
         beta = _solve(cf, s, sums.b)
         rss = sums.yy - float(beta @ sums.b)
         if not (rss > 1e-6 * sums.yy):  # cancellation: compute the residual sum of squares exactly
-            sums = _pass(con, from_sql, design, family, w_sql, beta, first=False)
+            sums = _pass(con, from_sql, work, family, w_sql, beta, first=False)
             passes += 1
             rss = sums.dev
         converged, dev = True, max(rss, 0.0)
     else:
         if beta is None:  # start pass: X'Wz at statsmodels' starting mean
             beta = _solve(cf, s, sums.b)
-            sums = _pass(con, from_sql, design, family, w_sql, beta, first=False)
+            sums = _pass(con, from_sql, work, family, w_sql, beta, first=False)
             passes += 1
             n_iter += 1
-        beta, sums, status, step, more = _irls(con, from_sql, design, family, w_sql, beta, sums, n_iter,
+        beta, sums, status, step, more = _irls(con, from_sql, work, family, w_sql, beta, sums, n_iter,
                                                max_iter, tol)
         n_iter += more
         passes += more
@@ -417,8 +464,9 @@ def fit_design(con: duckdb.DuckDBPyConnection, from_sql: str, design: Design, fa
         llf = sums.ll
     meat = None
     if cov_type != "nonrobust":
-        meat = _meat(con, from_sql, design, family, w_sql, beta)
+        meat = Minv.T @ _meat(con, from_sql, work, family, w_sql, beta) @ Minv
         passes += 1
+    beta, cov_unscaled = M @ beta, M @ cov_unscaled @ M.T
     return GLMResults(family=family, design=design, params=beta, normalized_cov_params=cov_unscaled,
                       scale=float(scale), llf=float(llf), deviance=float(dev), nobs=float(nobs), n_rows=rows,
                       n_dropped=n_dropped, df_resid=float(df_resid), df_model=float(df_model),
@@ -453,7 +501,7 @@ def glm(con: duckdb.DuckDBPyConnection, source: Any, formula: str, family: str =
     >>> _ = con.execute("CREATE TABLE t AS SELECT i::DOUBLE AS x, 2 * i + (i % 3) AS y FROM range(100) r(i)")
     >>> res = duckquash.glm(con, "t", "y ~ x")
     >>> [round(float(b), 3) for b in res.params]
-    [0.97, 2.0]
+    [0.98, 2.0]
     """
     family = fam.check_family(family)
     if cov_type not in COV_TYPES:

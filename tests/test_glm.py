@@ -254,3 +254,13 @@ def test_relation_source_leaves_no_view(dcon):
     before = dcon.execute("SELECT count(*) FROM information_schema.tables").fetchall()
     duckquash.glm(dcon, dcon.sql("SELECT * FROM d"), "yg ~ x1")
     assert dcon.execute("SELECT count(*) FROM information_schema.tables").fetchall() == before
+
+
+def test_deterministic_across_runs(con):
+    """Compensated sums: the same fit bit for bit whatever order the threads finish in."""
+    con.execute("SET threads = 2")
+    con.execute("""CREATE TABLE big AS SELECT (hash(i) % 1000)::DOUBLE / 100 AS x, (hash(i + 7) % 13)::DOUBLE AS z,
+                   (hash(i * 3) % 10 < 4)::INT AS y FROM range(400000) r(i)""")
+    fits = [duckquash.glm(con, "big", "y ~ x * z", "binomial") for _ in range(3)]
+    for f in fits[1:]:
+        assert np.array_equal(f.params, fits[0].params) and f.llf == fits[0].llf
