@@ -84,22 +84,23 @@ def test_osmac_weights_size_and_determinism(con):
     assert out.defected.mean() > 2 * d.defected.mean()
 
 
-@pytest.mark.parametrize("criterion", ["mmse", "mvc"])
-def test_osmac_beats_uniform_at_equal_size(con, criterion):
+def test_osmac_beats_uniform_at_equal_size(con):
     d = rare_events(60_000, seed=4)
     con.register("d", d)
     con.execute("CREATE TABLE ev AS SELECT * FROM d")
     full = sm.GLM(d.defected, design(d), family=sm.families.Binomial()).fit()
-    mse = {"uniform": [], "osmac": []}
+    mse = {"uniform": [], "mmse": [], "mvc": []}
     for seed in range(3):
-        for method in mse:
+        for label in mse:
+            method = "uniform" if label == "uniform" else "osmac"
             duckquash.sample(con, "ev", 1500, method=method, formula=MAIN, seed=seed, into="t", replace=True,
-                             criterion=criterion)
+                             criterion="mvc" if label == "mvc" else "mmse")
             fit = weighted_fit(con.sql("SELECT * FROM t").df())
-            mse[method].append(np.mean(((fit.params - full.params) / full.bse) ** 2))
-    u, o = np.mean(mse["uniform"]), np.mean(mse["osmac"])
-    print(f"\nevents {d.defected.mean():.3f}; MSE at M=1500: uniform {u:.1f}, OSMAC-{criterion} {o:.1f}")
-    assert o < 0.8 * u
+            mse[label].append(np.mean(((fit.params - full.params) / full.bse) ** 2))
+    u, o, v = (np.mean(mse[k]) for k in mse)
+    print(f"\nevents {d.defected.mean():.3f}; MSE at M=1500 over 3 seeds: uniform {u:.1f}, "
+          f"OSMAC-mMSE {o:.1f}, OSMAC-mVc {v:.1f}")
+    assert o < 0.8 * u and v < 0.8 * u
 
 
 def test_bad_input(small):
