@@ -1,4 +1,4 @@
-"""Command line: a thin layer over :func:`duckquash.squash` (and the demo)."""
+"""Command line: a thin layer over :func:`duckquash.squash`, :func:`duckquash.evaluate` and the demo."""
 from __future__ import annotations
 
 import argparse
@@ -42,6 +42,17 @@ def _parser() -> argparse.ArgumentParser:
     sq.add_argument("--weight", default="weight", help="name of the weight column")
     sq.add_argument("--replace", action="store_true", help="overwrite an existing output")
     sq.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    ev = sub.add_parser("evaluate", help="compare model fits on reduced tables with the full-data fit",
+                        description="Fit FORMULA on FULL and on every reduced table; print MSE of the standardised "
+                                    "coefficient errors and prediction residuals per method. Sources are "
+                                    "Parquet/CSV files or db.duckdb:table (one database file at most).")
+    ev.add_argument("full")
+    ev.add_argument("--formula", required=True)
+    ev.add_argument("--family", default="binomial", choices=["gaussian", "binomial", "poisson"])
+    ev.add_argument("--reduced", nargs="+", required=True, metavar="LABEL=SOURCE")
+    ev.add_argument("--weight", default="weight", help="weight column of the reduced tables")
+    ev.add_argument("--plot", help="write a PNG of the standardised errors per coefficient")
+    ev.add_argument("--markdown", action="store_true", help="print a Markdown table")
     demo = sub.add_parser("demo", help="squash simulated data and compare model fits (no data needed)")
     demo.add_argument("--rows", type=int, default=1_000_000)
     return ap
@@ -80,11 +91,37 @@ def _squash(args: argparse.Namespace) -> None:
         print(report.summary(), file=sys.stderr)
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    from ._evaluate import evaluate
+
+    db, reduced = None, {}
+    for item in args.reduced:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            raise DuckquashError(f"--reduced takes LABEL=SOURCE, got {item!r}")
+        reduced[label] = path
+    sources = {"": args.full, **reduced}
+    dbs = {os.path.abspath(d[0]) for d in map(_split_db, sources.values()) if d is not None}
+    if len(dbs) > 1:
+        raise DuckquashError(f"all db.duckdb:table sources must come from one database file, got {sorted(dbs)}")
+    if dbs:
+        db = dbs.pop()
+        if not os.path.exists(db):
+            raise DuckquashError(f"database file {db!r} does not exist")
+    con = duckdb.connect(db, read_only=True) if db else duckdb.connect()
+    strip = lambda s: _split_db(s)[1] if _split_db(s) else s  # noqa: E731
+    ev = evaluate(con, strip(args.full), {k: strip(v) for k, v in reduced.items()}, args.formula, args.family,
+                  plot=args.plot, weight=args.weight)
+    print(ev.to_markdown() if args.markdown else str(ev))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "squash":
             _squash(args)
+        elif args.command == "evaluate":
+            _evaluate(args)
         else:
             from ._demo import run_demo
 
