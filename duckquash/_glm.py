@@ -17,7 +17,6 @@ from typing import Any, Mapping
 import duckdb
 import numpy as np
 import scipy.linalg
-import scipy.stats
 
 from . import _families as fam
 from ._errors import DuckquashWarning, InputError
@@ -107,11 +106,15 @@ class GLMResults:
     @cached_property
     def pvalues(self) -> np.ndarray:
         """Two-sided normal p-values (statsmodels GLM default, ``use_t=False``)."""
-        return 2.0 * scipy.stats.norm.sf(np.abs(self.tvalues))
+        from scipy.stats import norm  # lazy: scipy.stats costs ~1 s of import time
+
+        return 2.0 * norm.sf(np.abs(self.tvalues))
 
     def conf_int(self, alpha: float = 0.05) -> np.ndarray:
         """``(k, 2)`` array of normal-theory confidence limits."""
-        q = scipy.stats.norm.ppf(1 - alpha / 2)
+        from scipy.stats import norm
+
+        q = norm.ppf(1 - alpha / 2)
         return np.column_stack([self.params - q * self.bse, self.params + q * self.bse])
 
     @property
