@@ -25,6 +25,7 @@ second order cannot be made exact inside their bounds get one more point.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -220,7 +221,7 @@ def _residuals(batch: Batch, theta: np.ndarray, phi: np.ndarray, with_jac: bool,
     k, d, b, m = g.shape
     pdy = np.moveaxis(pi[:, :, None] * span[:, None, :] * s * (1.0 - s), -1, 0)  # (d, B, M)
     jac = np.empty((b, k, m, d + 1))
-    jac[..., :d] = (g * (pdy * 1.0)[None]).transpose(2, 0, 3, 1)
+    jac[..., :d] = (g * pdy[None]).transpose(2, 0, 3, 1)
     jac[..., d] = ((f - mom.T[:, :, None]) * pi[None]).transpose(1, 0, 2)
     jac *= sw[None, :, None, None]
     return r, jac.reshape(b, k, m * (d + 1))
@@ -561,7 +562,23 @@ def generate(moments: MomentTable, binning: Binning, spec: SquashSpec, fetch_row
     ``sample`` is (region index, raw values) of the binning sample; its rows seed the solver.
     A region whose mean and covariance cannot be matched exactly inside its bounds gets one
     more point and is solved again (up to ``_BUMPS`` times); tiny regions end as their own rows.
+    The solver's many small matrices run one BLAS thread each (parallelism is over chunks):
+    a multithreaded BLAS on 78 x 78 systems spends its time synchronising, measured 9x slower.
     """
+    with _single_threaded_blas():
+        return _generate(moments, binning, spec, fetch_rows, sample)
+
+
+def _single_threaded_blas():
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional: without it BLAS keeps its own thread count
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _generate(moments: MomentTable, binning: Binning, spec: SquashSpec, fetch_rows: int,
+              sample: tuple[np.ndarray, np.ndarray]) -> Generated:
     tbl, q = moments.table, len(binning.quantitative)
     reg = _regions(moments, binning, spec.degree)
     n, d = reg.n, reg.active.sum(axis=1)

@@ -68,3 +68,14 @@ def test_projection_reaches_exact_low_moments_inside_bounds():
     assert np.abs(err[:, low]).max() < 1e-9
     assert ((y >= lo[:, None, :]) & (y <= hi[:, None, :])).all()
     np.testing.assert_allclose(pi.sum(axis=1), 1.0)
+
+
+def test_same_output_for_any_solver_thread_count(squashed, monkeypatch):
+    con, _ = squashed
+    tables = []
+    for threads in (1, 2):
+        monkeypatch.setattr(G, "_THREADS", threads)
+        sq = duckquash.squash(con, "calls", categorical=["a1", "a2", "defected"], quantitative=QUANT,
+                              into=f"sq_t{threads}", max_iter=3, restarts=0)
+        tables.append(sq.relation.to_arrow_table())
+    assert tables[0].equals(tables[1])
