@@ -22,8 +22,15 @@ Everything that touches the rows is generated SQL:
    one leaf per wanted cluster); the descent is one small hash join per tree level; then one
    GROUP BY leaf gives cluster sizes, variable means and the cluster's summed profile.
 
-ILDS (``iterations=k``) refits the model on the squashed table, re-centres the design on that
-estimate, shrinks ds and df by ``cooling`` and reruns the squash pass.
+ILDS (``iterations=k``) re-centres the design and reruns the squash pass, shrinking ds and df by
+``cooling`` each time. The paper re-centres on the squashed table's MLE; here that diverged
+(relative error 4 SE -> 13 SE -> separation): one pseudo-point per cluster keeps the score at
+theta_0 but not the within-cluster information, so the squashed MLE is theta_0 - I_sq^-1 S(theta_0)
+with I_sq < I_full, and the error map I - I_sq^-1 I_full has eigenvalues below -1 in the
+directions the clusters resolve least. The new centre is instead the Newton step
+theta_0 + Sigma_0 S_sq(theta_0): the squashed table's score (one tiny query) with the first
+estimate's covariance Sigma_0. On 100k paper-structure rows at M = N/200: LDS MSE 7.3, 3 ILDS
+iterations 0.24 (refit-on-squashed-MLE ILDS: 134 and worse).
 """
 from __future__ import annotations
 
@@ -541,6 +548,7 @@ def squash_lds_to_arrow(con: duckdb.DuckDBPyConnection, source: object, spec: Ld
                     res = _fit(con, src.sql, m.design, spec.family, start=res.params, max_iter=1)
                 passes += int(getattr(res, "n_passes", 1))
         theta0, chol = _design_from_fit(res)
+        scale = float(getattr(res, "scale", 1.0) or 1.0)
         timings["init"] = time.perf_counter() - t
         its: list[LdsIteration] = []
         ds, df = spec.ds, spec.df
@@ -551,11 +559,14 @@ def squash_lds_to_arrow(con: duckdb.DuckDBPyConnection, source: object, spec: Ld
                 t = time.perf_counter()
                 con.register(names["squashed"], table)
                 try:
-                    res = _fit(con, ident(names["squashed"]), m.design, spec.family, ident(spec.weight))
+                    score = _score(con, ident(names["squashed"]), m, spec, theta0)
                 finally:
                     con.unregister(names["squashed"])
-                new = np.asarray(res.params, dtype=float)  # re-centre; keep the first estimate's scale
-                se = np.sqrt(np.clip(np.diag(chol @ chol.T), 1e-300, None))
+                # Newton step from theta_0 with the squashed table's score and the first estimate's
+                # information (see the module notes: the squashed table's own information is too small)
+                cov0 = chol @ chol.T
+                new = theta0 + cov0 @ score / scale
+                se = np.sqrt(np.clip(np.diag(cov0), 1e-300, None))
                 its[-1] = _with_change(its[-1], float(np.max(np.abs(new - theta0) / se)))
                 theta0 = new
                 ds, df = ds * spec.cooling, df * spec.cooling
@@ -576,6 +587,17 @@ def squash_lds_to_arrow(con: duckdb.DuckDBPyConnection, source: object, spec: Ld
     report = LdsReport(spec.as_dict(), m.n_rows, table.num_rows, len(m.cells), K, int(n_s), passes, timings,
                        tuple(its), tuple(m.design.names))
     return table, report
+
+
+def _score(con, from_sql: str, m: _Model, spec: LdsSpec, theta: np.ndarray) -> np.ndarray:
+    """The weighted score X'F(y - mu) at ``theta`` over a (small) squashed table."""
+    from ._families import mean_sql
+
+    xs = [f"({e})" for e in m.design.exprs]
+    eta = " + ".join(f"{literal(float(b))} * {x}" for b, x in zip(theta, xs))
+    r = f"CAST({ident(spec.weight)} AS DOUBLE) * ({m.y} - {mean_sql(spec.family, eta)})"
+    row = con.execute(f"SELECT {comma(f'fsum({r} * {x})' for x in xs)} FROM {from_sql}").fetchall()[0]
+    return np.asarray(row, dtype=float)
 
 
 def _with_change(it: LdsIteration, change: float) -> LdsIteration:

@@ -86,7 +86,6 @@ def test_lds_beats_uniform_sample_tenfold(calls, df):
     assert mse_lds * 10 <= np.mean(srs), (mse_lds, srs)
 
 
-@pytest.mark.xfail(reason="known broken: re-centring on the squashed MLE diverges (see the lds report)", strict=False)
 def test_ilds_not_worse_than_lds(calls, df):
     full = _fit(df)
     lds = duckquash.squash(calls, "calls", method="lds", formula=F, size=M, into="l1").relation.df()
