@@ -51,6 +51,7 @@ from ._sql import comma, ident, literal, qualified
 INITS = ("sample", "step", "mle")
 FAMILIES = ("binomial", "poisson", "gaussian")
 _P = "__dq_"  # reserved prefix for internal columns
+_CENTRE_ROWS = True  # poisson/gaussian: cluster on row-centred profiles (40k rows, M = 200: poisson MSE 121 -> 4.6)
 _WHITEN = 0.5  # profile coordinates scaled by sd**(1 - _WHITEN) relative to the first: see _coords
 
 
@@ -61,7 +62,8 @@ class LdsSpec:
     ``size`` is the wanted number of pseudo-points M (the output has at most M rows, usually a few
     fewer when tiny cells or tied profiles leave leaves empty). ``ds``/``df`` are the star and
     factorial distances in standard-error units; ``cooling`` multiplies both at each ILDS iteration.
-    ``sample_size`` defaults to ``max(20000, 20 * size, 10 * p)`` rows (capped at N).
+    ``sample_size`` (for theta_0) defaults to ``max(20000, 20 * size, 10 * p, N / 10)`` rows
+    (capped at N); the profile tree is fitted to a sub-sample of ``max(20000, 20 * size)`` of them.
     ``branching`` is the k-d tree's fan-out per level (fewer levels = fewer joins).
 
     Defaults from runs on 100k paper-structure rows at M = N/200 (MSE vs the full fit; a uniform
@@ -274,7 +276,8 @@ class _Tree:
     leaves: int
 
 
-def _coords(profiles: np.ndarray, cells: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _coords(profiles: np.ndarray, cells: np.ndarray, p: int, centre_rows: bool = False
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Leading principal directions of the within-cell centred profiles (d <= p + 1), and their scaling.
 
     With design points a few standard errors apart and large N, the raw profile distance is all
@@ -285,6 +288,8 @@ def _coords(profiles: np.ndarray, cells: np.ndarray, p: int) -> tuple[np.ndarray
     The compromise measured best on the paper-structure simulation: direction r is divided by
     sd_r ** _WHITEN * sd_0 ** (1 - _WHITEN), with _WHITEN = 0.5 (MSE 7 vs 20 at 0.25 and 18 at
     0.75, N = 100k, M = 500; whitening fully: ~2700)."""
+    if centre_rows:  # drop each row's mean level: terms constant in theta (lgamma(y+1), y^2) go
+        profiles = profiles - profiles.mean(axis=1, keepdims=True)
     centred = profiles.copy()
     for c in np.unique(cells):
         sel = cells == c
@@ -293,6 +298,8 @@ def _coords(profiles: np.ndarray, cells: np.ndarray, p: int) -> tuple[np.ndarray
     keep = int(min(p + 1, np.sum(s > 1e-9 * max(s[0], 1e-300)))) if s.size else 0
     keep = max(keep, 1)
     B = vt[:keep].T
+    if centre_rows:  # (P - rowmean P) B = P (B - column means of B): the SQL stays one linear map
+        B = B - B.mean(axis=0, keepdims=True)
     coords = profiles @ B
     mu = coords.mean(axis=0)
     sd = coords.std(axis=0)
@@ -396,7 +403,7 @@ def _design_from_fit(res) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(res.params, dtype=float), chol
 
 
-def _squash_once(con, m: _Model, spec: LdsSpec, theta0, chol, ds, df, sample_table, cells_table,
+def _squash_once(con, m: _Model, spec: LdsSpec, theta0, chol, ds, df, sample_sql, cells_table,
                  names: dict) -> tuple[pa.Table, LdsIteration, int]:
     t0 = time.perf_counter()
     p = len(m.design.exprs)
@@ -404,11 +411,11 @@ def _squash_once(con, m: _Model, spec: LdsSpec, theta0, chol, ds, df, sample_tab
     K = len(U)
     lnames = [f"{_P}l{k}" for k in range(K)]
     # the sample's profiles (small), for the principal directions and the tree
-    srows = _rows_sql(m, theta0, chol, f"SELECT * FROM {ident(sample_table)}")
+    srows = _rows_sql(m, theta0, chol, sample_sql)
     sp = con.execute(f"SELECT {_P}cell, {comma(lnames)} FROM ({_profile_sql(spec.family, U, srows)})").fetchnumpy()
     scells = np.asarray(sp[f"{_P}cell"], dtype=np.int64)
     P = np.column_stack([np.asarray(sp[k], dtype=float) for k in lnames])
-    B, mu, sd = _coords(P, scells, p)
+    B, mu, sd = _coords(P, scells, p, _CENTRE_ROWS and spec.family != "binomial")
     d = B.shape[1]
     C = (P @ B - mu) / sd
     counts = {int(c): int(n) for c, n in zip(*np.unique(scells, return_counts=True))}
@@ -527,16 +534,22 @@ def squash_lds_to_arrow(con: duckdb.DuckDBPyConnection, source: object, spec: Ld
         timings["cells"] = time.perf_counter() - t
         # pass 2: the hash-seeded Bernoulli sample
         t = time.perf_counter()
-        want = spec.sample_size or max(20_000, 20 * spec.size, 10 * p)
+        want = spec.sample_size or max(20_000, 20 * spec.size, 10 * p, m.n_rows // 10)
+        tree_want = min(want, max(20_000, 20 * spec.size))
         rate = min(1.0, want / m.n_rows)
-        h = f"hash({comma([ident(v) for v in m.design.variables] + [literal(int(spec.seed))])})"
-        cut = "" if rate >= 1.0 else f" WHERE {h} < {int(rate * 2.0 ** 64)}::UBIGINT"
+        # re-hash with the seed: DuckDB's multi-argument hash keeps the top bits of the first ones
+        h = (f"hash(xor(hash({comma([ident(v) for v in m.design.variables])}), "
+             f"hash({literal(int(spec.seed))}::BIGINT)))")
+        cut = "" if rate >= 1.0 else f" WHERE {_P}h < {int(rate * 2.0 ** 64)}::UBIGINT"
         keyed = _keyed_sql(m)
         with progress_bar(con, "sample", show_progress):
             con.execute(f"CREATE TEMP TABLE {ident(names['sample'])} AS "
-                        f"{_with_cell_sql(m, f'SELECT * FROM ({keyed}){cut}', names['cells'])}")
+                        f"{_with_cell_sql(m, f'SELECT * FROM (SELECT *, {h} AS {_P}h FROM ({keyed})){cut}', names['cells'])}")
         passes += 1
         n_s = con.execute(f"SELECT count(*) FROM {ident(names['sample'])}").fetchall()[0][0]
+        # the tree is fitted to a sub-sample (same hash, lower cut) of at most ~tree_want rows
+        tree_cut = int(min(1.0, tree_want / m.n_rows) * 2.0 ** 64)
+        tree_from = f"SELECT * FROM {ident(names['sample'])} WHERE {_P}h < {min(tree_cut, 2 ** 64 - 1)}::UBIGINT"
         if n_s < p + 1:
             raise InputError(f"the sample has {n_s} rows, too few for {p} parameters; raise sample_size")
         timings["sample"] = time.perf_counter() - t
@@ -578,7 +591,7 @@ def squash_lds_to_arrow(con: duckdb.DuckDBPyConnection, source: object, spec: Ld
                 timings["refit"] = timings.get("refit", 0.0) + time.perf_counter() - t
             t = time.perf_counter()
             with progress_bar(con, f"squash {i + 1}", show_progress):
-                table, it, K = _squash_once(con, m, spec, theta0, chol, ds, df, names["sample"], names["cells"], names)
+                table, it, K = _squash_once(con, m, spec, theta0, chol, ds, df, tree_from, names["cells"], names)
             passes += 1
             its.append(it)
             timings[f"squash{i + 1}" if spec.iterations > 1 else "squash"] = time.perf_counter() - t
