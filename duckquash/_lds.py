@@ -12,15 +12,21 @@ Everything that touches the rows is generated SQL:
 
 1. *cells* pass: count rows per model cell (categorical variables, and the 0/1 response for
    binomial, so clusters never mix levels and y stays pure); checks the response.
-2. *sample* pass: a hash-seeded Bernoulli sample (deterministic, independent of row order).
-   theta_0 is its MLE (``init="sample"``), optionally followed by one IRLS step over the full data
-   (``init="step"``), or the full MLE (``init="mle"``).
+2. *sample* pass: a hash-seeded Bernoulli sample of max(20k, 20 M, N/10) rows (deterministic,
+   independent of row order). theta_0 is its MLE with weights N/n (``init="sample"``), optionally
+   followed by one IRLS step over the full data (``init="step"``), or the full MLE (``init="mle"``);
+   its covariance gives the whitening L. The tree below is fitted to a sub-sample of
+   max(20k, 20 M) of these rows.
 3. *squash* pass: profile of every row (``loglik_sql`` at each design point, computed in the query),
    projected on the leading principal directions of the sample's profiles (d <= p + 1 coordinates,
    Euclidean distance between profiles is kept); each row descends a k-d tree fitted to the
    sample's profile coordinates within its cell (balanced b-ary splits along the widest coordinate,
    one leaf per wanted cluster); the descent is one small hash join per tree level; then one
    GROUP BY leaf gives cluster sizes, variable means and the cluster's summed profile.
+
+Not done: the paper's optional refinement of each pseudo-point to match its cluster's summed
+profile (the report gives the match residuals of the plain cluster means), and a Lloyd-style
+re-assignment pass after the tree (the tree leaves are the clusters).
 
 ILDS (``iterations=k``) re-centres the design and reruns the squash pass, shrinking ds and df by
 ``cooling`` each time. The paper re-centres on the squashed table's MLE; here that diverged
