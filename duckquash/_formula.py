@@ -14,6 +14,7 @@ full- or reduced-rank categorical coding, column names, contrast matrices). duck
 from __future__ import annotations
 
 import ast
+import itertools
 import re
 import warnings
 from dataclasses import dataclass
@@ -432,7 +433,10 @@ def _formulaic_spec(formula, factors, cats, columns, env, has_lhs):
         if v in col_levels and col_levels[v]:
             vals = col_levels[v]
             cyc = [vals[i % len(vals)] for i in range(n)]
-            data[v] = pd.Series(cyc, dtype=object if isinstance(vals[0], str) else None)
+            if columns[v].upper().startswith("ENUM"):  # pandas reads ENUM as Categorical in enum order
+                data[v] = pd.Series(pd.Categorical(cyc, categories=vals))
+            else:
+                data[v] = pd.Series(cyc, dtype=object if isinstance(vals[0], str) else None)
         else:
             data[v] = pd.Series(0.5 + 1.5 * rng.random(n))
     frame = pd.DataFrame(data)
@@ -454,8 +458,6 @@ def _formulaic_spec(formula, factors, cats, columns, env, has_lhs):
 
 def _columns_sql(spec, factors, cats, formula) -> tuple[list[str], list[str]]:
     """One SQL expression per column of formulaic's spec, in its order and with its names."""
-    from formulaic.materializers.types import ScopedTerm  # noqa: F401  (documented type of structure)
-
     names: list[str] = []
     exprs: list[str] = []
     for struct in spec.structure:
@@ -475,7 +477,6 @@ def _columns_sql(spec, factors, cats, formula) -> tuple[list[str], list[str]]:
             if not parts:
                 built["Intercept"] = literal(scale)
                 continue
-            import itertools
             for rev in itertools.product(*reversed(parts)):
                 prod = rev[::-1]
                 name = ":".join(p[0] for p in prod)

@@ -134,3 +134,14 @@ BAD = [
 def test_bad_formulas(fcon, formula, message):
     with pytest.raises(InputError, match=message):
         build_design(fcon, "f", formula)
+
+
+def test_enum_and_boolean_categoricals(con):
+    con.execute("CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy')")
+    con.execute("""CREATE TABLE t AS SELECT (i % 5)::DOUBLE AS y, (['sad', 'ok', 'happy'])[i % 3 + 1]::mood AS m,
+                   i % 2 = 0 AS fl FROM range(60) r(i)""")
+    d = build_design(con, "t", "y ~ m + C(fl) + fl")
+    want = model_matrix("y ~ m + C(fl) + fl", con.table("t").df())
+    assert list(d.names) == list(want.rhs.columns)  # ENUM levels in enum order, as pandas reads them
+    got = np.array(con.execute(f"SELECT {', '.join(d.exprs)} FROM t").fetchall(), dtype=float)
+    np.testing.assert_allclose(got, want.rhs.to_numpy(dtype=float))
