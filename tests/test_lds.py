@@ -138,3 +138,16 @@ def test_sql_and_cli(tmp_path, df):
                  "--quiet"]) == 0
     w = duckdb.sql(f"SELECT sum(weight), count(*) FROM read_parquet('{out}')").fetchall()[0]
     assert w[0] == pytest.approx(10_000) and w[1] <= 100
+
+
+def test_odd_column_names(con, df):
+    frame = df.iloc[:5_000].rename(columns={"x1": 'my x"1', "defected": "de'fected", "a1": "a 1"})
+    con.register("v", frame)
+    con.execute('CREATE TABLE "odd tbl" AS SELECT * FROM v')
+    con.unregister("v")
+    res = duckquash.squash(con, "odd tbl", method="lds", formula="`de'fected` ~ `my x\"1` + x2 + C(`a 1`)",
+                           size=50, into="odd out", weight="w t")
+    cols = [r[0] for r in con.execute('DESCRIBE "odd out"').fetchall()]
+    assert set(cols) == {"de'fected", 'my x"1', "x2", "a 1", "w t"}
+    assert con.execute('SELECT sum("w t") FROM "odd out"').fetchall()[0][0] == pytest.approx(5_000)
+    assert res.n_points <= 50
