@@ -78,7 +78,7 @@ def test_deterministic(calls):
 
 
 def test_lds_beats_uniform_sample_ilds_tenfold(calls, df):
-    """ILDS(3) is at least 10x below a uniform sample of the same size; one-pass LDS at least 2x
+    """ILDS(3) is at least 10x below a uniform sample of the same size and not worse than LDS; one-pass LDS at least 2x
     (at M = N/200 on 40k rows it ranges 4-94 over seeds vs ~250 for the sample: see the report)."""
     full = _fit(df)
     rng = np.random.default_rng(0)
@@ -89,21 +89,13 @@ def test_lds_beats_uniform_sample_ilds_tenfold(calls, df):
     mse_ilds = _mse(_fit(ilds, ilds["weight"].to_numpy()), full)
     assert mse_ilds * 10 <= srs, (mse_ilds, srs)
     assert mse_lds * 2 <= srs, (mse_lds, srs)
+    assert mse_ilds <= mse_lds, (mse_ilds, mse_lds)  # ILDS not worse than LDS
 
 
 def test_seed_changes_the_sample(calls):
     a = duckquash.squash(calls, "calls", method="lds", formula=F, size=M, seed=0, into="s0").report
     b = duckquash.squash(calls, "calls", method="lds", formula=F, size=M, seed=1, into="s1").report
     assert not np.allclose(a.iterations[0].theta0, b.iterations[0].theta0)
-
-
-def test_ilds_not_worse_than_lds(calls, df):
-    full = _fit(df)
-    lds = duckquash.squash(calls, "calls", method="lds", formula=F, size=M, into="l1").relation.df()
-    ilds = duckquash.squash(calls, "calls", method="lds", formula=F, size=M, iterations=3, into="l3").relation.df()
-    mse_lds = _mse(_fit(lds, lds["weight"].to_numpy()), full)
-    mse_ilds = _mse(_fit(ilds, ilds["weight"].to_numpy()), full)
-    assert mse_ilds <= mse_lds * 1.05, (mse_ilds, mse_lds)
 
 
 @pytest.mark.parametrize("kw, msg", [
