@@ -19,6 +19,7 @@ import duckdb
 from duckdb.sqltypes import BIGINT, DOUBLE, INTEGER, VARCHAR
 
 from ._errors import SourceNotFoundError
+from ._lds import LdsSpec, squash_lds_to_arrow
 from ._spec import SquashSpec
 from ._squash import squash_to_arrow
 from ._writeback import write_file
@@ -41,16 +42,22 @@ def install(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
     owner_ref = weakref.ref(con)
 
     def run(src: str, categorical: list, quantitative: list, method: str, alpha: float, weight: str,
-            seed: int, bins: int, layers: int) -> str:
+            seed: int, bins: int, layers: int, formula: str | None = None, family: str = "binomial",
+            size: int = 0, iterations: int = 1, init: str = "sample") -> str:
         owner = owner_ref()
         if owner is None:
             raise RuntimeError("the connection that installed squash() is closed")
-        spec = SquashSpec(tuple(categorical or ()), tuple(quantitative or ()), method, alpha, bins, layers,
-                          weight=weight, seed=int(seed))
+        if str(method).lower() == "lds":
+            spec = LdsSpec(formula, int(size), family, int(iterations), init, weight=weight, seed=int(seed))
+            pipeline = squash_lds_to_arrow
+        else:
+            spec = SquashSpec(tuple(categorical or ()), tuple(quantitative or ()), method, alpha, bins, layers,
+                              weight=weight, seed=int(seed))
+            pipeline = squash_to_arrow
         cur = owner.cursor()
         try:
             try:
-                data, _ = squash_to_arrow(cur, src, spec)
+                data, _ = pipeline(cur, src, spec)
             except SourceNotFoundError as e:
                 raise SourceNotFoundError(
                     f"{e} (squash() in SQL reads committed data through a separate cursor: "
@@ -62,8 +69,8 @@ def install(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
             cur.close()
 
     names = duckdb.list_type(VARCHAR)
-    con.create_function(_UDF, run, [VARCHAR, names, names, VARCHAR, DOUBLE, VARCHAR, BIGINT, INTEGER, INTEGER],
-                        VARCHAR)
+    con.create_function(_UDF, run, [VARCHAR, names, names, VARCHAR, DOUBLE, VARCHAR, BIGINT, INTEGER, INTEGER,
+                                    VARCHAR, VARCHAR, BIGINT, INTEGER, VARCHAR], VARCHAR)
     con.execute(_macro_sql().replace("{udf}", _UDF))
 
     def cleanup(ref=owner_ref) -> None:

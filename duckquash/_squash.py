@@ -124,8 +124,10 @@ def squash(con: duckdb.DuckDBPyConnection, source: object, *, categorical: Seque
     categorical, quantitative : list of str
         Columns whose every value (NULL included) defines regions, and numeric columns
         summarised by moments. A NULL/NaN quantitative value forms its own region and stays NULL.
-    method : {"hyprect", "datasphere"}
-        Regions as quantile-bin hyperrectangles or Data Spheres (radius layers x pyramids).
+    method : {"hyprect", "datasphere", "lds"}
+        Regions as quantile-bin hyperrectangles or Data Spheres (radius layers x pyramids); or
+        likelihood-based squashing for a stated model (``formula=``, ``family=``, ``size=``,
+        ``iterations=``, ``init=``, ``ds=``, ``df=``; see ``duckquash._lds.LdsSpec``).
     alpha : float
         ``M_r = max(1, ceil(alpha * log2 N_r))`` points per region; 0 gives region means.
     into : str or tuple, optional
@@ -148,6 +150,13 @@ def squash(con: duckdb.DuckDBPyConnection, source: object, *, categorical: Seque
     SquashResult
         ``table``, ``relation``, ``n_rows``, ``n_points``, ``n_regions`` and ``report``.
     """
+    if isinstance(method, str) and method.lower() == "lds":  # model-based: variables come from formula=
+        from ._lds import squash_lds
+
+        if categorical or quantitative:
+            raise InputError("method='lds' takes its variables from formula=; drop categorical=/quantitative=")
+        return squash_lds(con, source, into=into, replace=replace, progress=progress, weight=weight, seed=seed,
+                          **options)
     unknown = sorted(set(options) - {"degree", "exact_covariance", "sample_size", "restarts", "max_iter"})
     if unknown:
         raise InputError(f"unknown option(s) {unknown}")

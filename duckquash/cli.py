@@ -10,6 +10,7 @@ import duckdb
 
 from . import __version__
 from ._errors import DuckquashError
+from ._lds import LdsSpec, squash_lds_to_arrow
 from ._spec import SquashSpec
 from ._squash import squash_to_arrow
 from ._writeback import check_file_target, check_table_target, table_name, write_file, write_table
@@ -34,7 +35,12 @@ def _parser() -> argparse.ArgumentParser:
     sq.add_argument("-o", "--output", required=True)
     sq.add_argument("--categorical", default="", help="comma-separated categorical columns")
     sq.add_argument("--quantitative", default="", help="comma-separated numeric columns")
-    sq.add_argument("--method", default="hyprect", choices=["hyprect", "datasphere"])
+    sq.add_argument("--method", default="hyprect", choices=["hyprect", "datasphere", "lds"])
+    sq.add_argument("--formula", help="lds: the model, e.g. 'defected ~ x1 + x2 + C(a1)'")
+    sq.add_argument("--family", default="binomial", choices=["binomial", "poisson", "gaussian"], help="lds: GLM family")
+    sq.add_argument("--size", type=int, help="lds: number of pseudo-points M")
+    sq.add_argument("--iterations", type=int, default=1, help="lds: ILDS iterations (1 = plain LDS)")
+    sq.add_argument("--init", default="sample", choices=["sample", "step", "mle"], help="lds: initial estimate")
     sq.add_argument("--alpha", type=float, default=1.0, help="points per region: max(1, ceil(alpha*log2 N_r))")
     sq.add_argument("--bins", type=int, default=3)
     sq.add_argument("--layers", type=int, default=3)
@@ -59,8 +65,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _squash(args: argparse.Namespace) -> None:
-    spec = SquashSpec(args.categorical, args.quantitative, args.method, args.alpha, args.bins, args.layers,
-                      weight=args.weight, seed=args.seed)
+    if args.method == "lds":
+        if args.categorical or args.quantitative:
+            raise DuckquashError("--method lds takes its variables from --formula; drop --categorical/--quantitative")
+        spec = LdsSpec(args.formula, args.size, args.family, args.iterations, args.init, weight=args.weight,
+                       seed=args.seed)
+        pipeline = squash_lds_to_arrow
+    else:
+        spec = SquashSpec(args.categorical, args.quantitative, args.method, args.alpha, args.bins, args.layers,
+                          weight=args.weight, seed=args.seed)
+        pipeline = squash_to_arrow
     db_in, db_out = _split_db(args.input), _split_db(args.output)
     same_db = db_in is not None and db_out is not None and os.path.abspath(db_in[0]) == os.path.abspath(db_out[0])
     if db_in is not None:
@@ -79,7 +93,7 @@ def _squash(args: argparse.Namespace) -> None:
         parts = table_name(db_out[1])
         check_table_target(out_con, parts, args.replace)
     t0 = time.perf_counter()
-    data, report = squash_to_arrow(con, source, spec, show_progress=not args.quiet)
+    data, report = pipeline(con, source, spec, show_progress=not args.quiet)
     t1 = time.perf_counter()
     if db_out is None:
         write_file(con, data, args.output, args.replace)

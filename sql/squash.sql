@@ -2,6 +2,7 @@
 -- {udf} is replaced by the name of the Python function that runs the pipeline on a cursor and
 -- returns the path of a Parquet file holding the squashed rows; the macro reads that file, so
 -- the calling statement sees the result whatever transaction it runs in.
+-- method := 'lds' squashes for a stated model: formula, family, size (pseudo-points), iterations, init.
 CREATE OR REPLACE TEMP MACRO squash(
     src,
     categorical := []::VARCHAR[],
@@ -11,8 +12,14 @@ CREATE OR REPLACE TEMP MACRO squash(
     weight := 'weight',
     seed := 0,
     bins := 3,
-    layers := 3
+    layers := 3,
+    formula := '',
+    family := 'binomial',
+    size := 0,
+    iterations := 1,
+    init := 'sample'
 ) AS TABLE
     SELECT * FROM read_parquet({udf}(src::VARCHAR, categorical::VARCHAR[], quantitative::VARCHAR[],
                                      method::VARCHAR, alpha::DOUBLE, weight::VARCHAR, seed::BIGINT,
-                                     bins::INTEGER, layers::INTEGER));
+                                     bins::INTEGER, layers::INTEGER, formula::VARCHAR, family::VARCHAR,
+                                     size::BIGINT, iterations::INTEGER, init::VARCHAR));
