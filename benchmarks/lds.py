@@ -38,16 +38,30 @@ SECOND = ("defected ~ C(a1) + C(a2) + (x1 + x2 + x3 + x4 + x5)**2 + "
 
 
 def table1_extra(iterations: tuple[int, ...] = (1, 3)) -> list:
-    """Rows for paper_table1.EXTRA: LDS and ILDS squashed for the main-effects model at M = N/1000."""
-    def builder(its: int):
+    """Rows for paper_table1.EXTRA: LDS/ILDS squashed for the main-effects model at M = N/1000, with a
+    uniform sample and OSMAC of that size beside them, and LDS at the HypRect(1) size (equal M)."""
+    def size(con: duckdb.DuckDBPyConnection, table: str) -> int:
+        return max(con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0] // 1000, 20)
+
+    def lds(its: int, equal_m: bool = False):
         def build(con: duckdb.DuckDBPyConnection, table: str, m_hyprect1: int) -> str:
-            n = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
-            name = f"lds_{its}"
-            duckquash.squash(con, table, method="lds", formula=MAIN, family="binomial", size=max(n // 1000, 20),
+            name = f"lds_{its}_{'m1' if equal_m else 'k'}"
+            duckquash.squash(con, table, method="lds", formula=MAIN, family="binomial",
+                             size=m_hyprect1 if equal_m else size(con, table),
                              iterations=its, into=name, replace=True)
             return name
         return build
-    return [(("LDS" if k == 1 else f"ILDS({k})") + " (N/1000)", builder(k)) for k in iterations]
+
+    def unif(con: duckdb.DuckDBPyConnection, table: str, m_hyprect1: int) -> str:
+        return duckquash.sample(con, table, size(con, table), into="unif_k", replace=True).table
+
+    def osmac(con: duckdb.DuckDBPyConnection, table: str, m_hyprect1: int) -> str:
+        return duckquash.sample(con, table, size(con, table), method="osmac", criterion="mvc", formula=MAIN,
+                                into="osmac_k", replace=True).table
+
+    rows = [(("LDS" if k == 1 else f"ILDS({k})") + " (N/1000)", lds(k)) for k in iterations]
+    return rows + [("uniform (N/1000)", unif), ("OSMAC mVc (N/1000)", osmac),
+                   ("LDS (HypRect(1) M)", lds(1, equal_m=True))]
 
 
 def _mse(con, table: str, formula: str, full, weight: str | None = "weight") -> float:

@@ -14,13 +14,15 @@ OSMAC samples were drawn for the main-effects model and are reused as is), and t
 the reduced table. Writes ``table1.md``, ``figure1_main.png`` and ``figure1_second.png`` to
 OUT_DIR (default ``benchmarks/out/``).
 
-LDS rows: append ``(label, builder)`` pairs to :data:`EXTRA` (``builder(con, table, n_hyprect1)``
-returns the name of a reduced table with a ``weight`` column); helper ``lds`` adds them there.
+Further rows: ``(label, builder)`` pairs in :data:`EXTRA` (``builder(con, table, n_hyprect1)``
+returns the name of a reduced table with a ``weight`` column); ``benchmarks/lds.py`` adds LDS and
+ILDS at M = N/1000 (with uniform and OSMAC samples of that size) and LDS at the HypRect(1) size.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from typing import Callable
 
@@ -37,6 +39,10 @@ SECOND = ("defected ~ C(a1) + C(a2) + (x1 + x2 + x3 + x4 + x5)**2 + "
 
 # (label, builder): builder(con, source_table, m_hyprect1) -> reduced table name. For LDS rows.
 EXTRA: list[tuple[str, Callable[[duckdb.DuckDBPyConnection, str, int], str]]] = []
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from lds import table1_extra  # noqa: E402 - benchmark scripts sit side by side
+
+EXTRA.extend(table1_extra())
 
 
 def build(con: duckdb.DuckDBPyConnection, rows: int, seed: int) -> tuple[dict[str, str], dict[str, float]]:
