@@ -8,11 +8,15 @@ from __future__ import annotations
 from ._errors import DuckquashError, DuckquashWarning, InputError, OutputExistsError, SourceNotFoundError
 from ._squash import SquashReport, SquashResult, squash
 from ._sqlapi import connect, install
+from ._merge import SquashPlan, merge_moments, squash_from_moments, squash_plan
+from ._views import RefreshReport, ViewResult, materialize, refresh, view_plan
 
 __version__ = "0.1.0"
 
 __all__ = [
     "squash", "SquashResult", "SquashReport", "install", "connect",
+    "materialize", "refresh", "view_plan", "ViewResult", "RefreshReport",
+    "squash_plan", "SquashPlan", "merge_moments", "squash_from_moments",
     "DuckquashError", "DuckquashWarning", "InputError", "OutputExistsError", "SourceNotFoundError",
     "__version__",
 ]

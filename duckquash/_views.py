@@ -1,0 +1,494 @@
+"""Materialised squashed views: stored moments, incremental refresh, exact linear models from moments.
+
+Stored schema for a view ``name`` (siblings share its schema; ``<name>__x`` below)::
+
+    name             VIEW   the squashed rows: categoricals, quantitative (DOUBLE), weight
+    name__points     TABLE  __dq_region BIGINT, then the same columns as ``name``
+    name__moments    TABLE  __dq_region BIGINT, then the integer moment columns (see _merge.py)
+    name__meta       TABLE  key VARCHAR, value VARCHAR: format, plan (JSON: spec, binning,
+                            fixed-point range, column types), source (JSON), version
+    name__batches    TABLE  seq, batch_id, fingerprint, source, n_rows, n_outside, n_regions, added_at
+
+A later process opening the same database file needs nothing else to refresh the view. Every
+change (materialise, refresh) runs in one transaction: readers see the old view or the new one.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from ._binning import sample_sql
+from ._errors import InputError, OutputExistsError
+from ._merge import (SquashPlan, double_sql, generate_points, merge_sql, moment_table, overflow_columns,
+                     plan_from_source)
+from ._moments import N_COL, moment_col
+from ._source import Source, resolve, table_exists
+from ._spec import SquashSpec
+from ._sql import comma, ident, literal, qualified
+from ._writeback import table_name
+
+FORMAT = "duckquash-view-1"
+REGION = "__dq_region"
+_SUFFIXES = ("__points", "__moments", "__meta", "__batches")
+
+
+# --------------------------------------------------------------------------- names and metadata
+
+@dataclass(frozen=True)
+class _Names:
+    parts: tuple[str, ...]
+
+    def sib(self, suffix: str) -> tuple[str, ...]:
+        return self.parts[:-1] + (self.parts[-1] + suffix,)
+
+    @property
+    def view(self) -> str:
+        return qualified(self.parts)
+
+    def q(self, suffix: str) -> str:
+        return qualified(self.sib(suffix))
+
+    @property
+    def label(self) -> str:
+        return ".".join(self.parts)
+
+
+def _meta(con: duckdb.DuckDBPyConnection, names: _Names) -> dict[str, str]:
+    if not table_exists(con, names.sib("__meta")) or not table_exists(con, names.sib("__moments")):
+        raise InputError(f"{names.label!r} is not a materialised squashed view (no table "
+                         f"{'.'.join(names.sib('__meta'))!r}); create it with duckquash.materialize")
+    meta = dict(con.execute(f"SELECT key, value FROM {names.q('__meta')}").fetchall())
+    if meta.get("format") != FORMAT:
+        raise InputError(f"{names.label!r}: unknown view format {meta.get('format')!r} (expected {FORMAT!r})")
+    return meta
+
+
+def view_plan(con: duckdb.DuckDBPyConnection, name: str | Sequence[str]) -> SquashPlan:
+    """The stored plan of a materialised view: emit partition moment SQL with it (``plan.moment_sql``)."""
+    return SquashPlan.from_json(_meta(con, _Names(table_name(name)))["plan"])
+
+
+def _source_record(source: object, src: Source) -> dict:
+    """How to read a source again for ``rebin=True``: only names, paths and queries can be re-read."""
+    return {"label": src.label, "source": source if isinstance(source, str) else None}
+
+
+# --------------------------------------------------------------------------- transactions
+
+class _Transaction:
+    """BEGIN ... COMMIT on ``con``, ROLLBACK on any error (so a failed change leaves nothing)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection):
+        self.con = con
+
+    def __enter__(self):
+        try:
+            self.con.execute("BEGIN TRANSACTION")
+        except duckdb.TransactionException as e:
+            raise InputError(f"duckquash runs its own transaction; commit or roll back the open one first ({e})") from None
+        return self.con
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.con.execute("COMMIT")
+        else:
+            try:
+                self.con.execute("ROLLBACK")
+            except duckdb.Error:
+                pass
+        return False
+
+
+def _register(con: duckdb.DuckDBPyConnection, data: pa.Table) -> str:
+    view = f"__dq_arrow_{uuid.uuid4().hex[:12]}"
+    con.register(view, data)
+    return view
+
+
+def _temp(con: duckdb.DuckDBPyConnection, sql: str) -> str:
+    name = f"__dq_tmp_{uuid.uuid4().hex[:12]}"
+    con.execute(f"CREATE TEMP TABLE {ident(name)} AS {sql}")
+    return name
+
+
+def _drop_temp(con: duckdb.DuckDBPyConnection, names: list[str]) -> None:
+    for n in names:
+        try:
+            con.execute(f"DROP TABLE IF EXISTS temp.{ident(n)}")
+        except duckdb.Error:
+            pass
+
+
+# --------------------------------------------------------------------------- stats of a batch
+
+@dataclass(frozen=True)
+class _BatchStats:
+    n_rows: int
+    fingerprint: str
+    minimum: tuple[float | None, ...]
+    maximum: tuple[float | None, ...]
+    outside: tuple[int, ...]  # rows outside the observed range, per quantitative column
+    n_outside: int  # rows outside it in any column
+
+
+def _batch_stats(con: duckdb.DuckDBPyConnection, src: Source, plan: SquashPlan) -> _BatchStats:
+    """One pass: count, an order-free content hash, range, and rows beyond the observed range."""
+    b, q = plan.binning, len(plan.binning.quantitative)
+    cols = [ident(c) for c in plan.spec.columns]
+    vals = [f"{b.value_sql(j)} AS __dq_v_{j}" for j in range(q)]
+    aggs = ["count(*)", f"sum(hash({comma(cols)}))::VARCHAR"]
+    outs = []
+    for j in range(q):
+        v = f"__dq_v_{j}"
+        lo, hi = plan.observed.minimum[j], plan.observed.maximum[j]
+        cond = "FALSE" if lo is None else f"({v} < {literal(float(lo))} OR {v} > {literal(float(hi))})"
+        outs.append(cond)
+        aggs += [f"min({v})", f"max({v})", f"count(*) FILTER (WHERE {cond})"]
+    aggs.append(f"count(*) FILTER (WHERE {' OR '.join(outs) or 'FALSE'})")
+    row = con.execute(f"SELECT {comma(aggs)} FROM (SELECT {comma(cols + vals)} FROM {src.sql})").fetchall()[0]
+    n = int(row[0])
+    rest = row[2:-1]
+    mins = tuple(rest[3 * j] for j in range(q))
+    maxs = tuple(rest[3 * j + 1] for j in range(q))
+    for j, c in enumerate(b.quantitative):
+        for v in (mins[j], maxs[j]):
+            if v is not None and not np.isfinite(v):
+                raise InputError(f"quantitative column {c!r} of the new rows holds infinite values")
+    return _BatchStats(n, f"{n}:{row[1]}", mins, maxs, tuple(int(rest[3 * j + 2]) for j in range(q)), int(row[-1]))
+
+
+def _check_types(src: Source, plan: SquashPlan) -> None:
+    missing = [c for c, _ in plan.column_types if c not in src.columns]
+    if missing:
+        raise InputError(f"the new rows ({src.label}) lack column(s) {missing} of the view; they have {list(src.columns)}")
+    wrong = {c: (src.columns[c], t) for c, t in plan.column_types if src.columns[c] != t}
+    if wrong:
+        detail = ", ".join(f"{c!r} is {got}, the view has {want}" for c, (got, want) in wrong.items())
+        raise InputError(f"the new rows ({src.label}) have other column types: {detail}; cast them in a SELECT")
+
+
+# --------------------------------------------------------------------------- materialise
+
+@dataclass(frozen=True)
+class ViewResult:
+    """A materialised view: the squashed rows are ``SELECT * FROM name``."""
+
+    con: duckdb.DuckDBPyConnection = field(repr=False)
+    name: str
+    n_rows: int
+    n_points: int
+    n_regions: int
+    timings: dict = field(default_factory=dict)
+    plan: SquashPlan | None = field(default=None, repr=False)
+    parts: tuple[str, ...] = field(default=(), repr=False)
+
+    @property
+    def relation(self) -> duckdb.DuckDBPyRelation:
+        return self.con.sql(f"SELECT * FROM {qualified(self.parts or (self.name,))}")
+
+
+def _points_table(data: pa.Table, regions: np.ndarray) -> pa.Table:
+    return data.add_column(0, REGION, pa.array(regions.astype(np.int64)))
+
+
+def _fingerprint(con: duckdb.DuckDBPyConnection, src: Source, spec: SquashSpec) -> str:
+    cols = comma(ident(c) for c in spec.columns)
+    n, h = con.execute(f"SELECT count(*), sum(hash({cols}))::VARCHAR FROM {src.sql}").fetchall()[0]
+    return f"{n}:{h}"
+
+
+def _build(con: duckdb.DuckDBPyConnection, names: _Names, src: Source, spec: SquashSpec, record: dict,
+           replace: bool, batches: list[tuple] | None = None, timings: dict | None = None,
+           version: int = 0) -> ViewResult:
+    """Squash ``src`` with integer moments kept, then create the view's five objects in one transaction."""
+    timings = {} if timings is None else timings
+    temps: list[str] = []
+    try:
+        t0 = time.perf_counter()
+        plan, sample = plan_from_source(con, src, spec)
+        timings["group"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        keys = comma(ident(k) + " NULLS FIRST" for k in plan.key_columns)
+        order = f"ORDER BY {keys}" if keys else ""
+        mom = _temp(con, f"SELECT (row_number() OVER ({order}) - 1)::BIGINT AS {REGION}, * "
+                         f"FROM ({plan.moment_sql(src.sql)})")
+        temps.append(mom)
+        fingerprint = _fingerprint(con, src, spec) if batches is None else None
+        timings["momentize"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        sql = double_sql(plan, f"temp.{ident(mom)}", extra=[REGION])
+        moments = moment_table(plan, con.sql(sql).to_arrow_table(), sql)
+        data, regions, idx = generate_points(con, plan, moments, sample)
+        ids = moments.table.column(REGION).to_numpy()[idx]
+        points = _points_table(data, ids)
+        timings["generate"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        arrow = _register(con, points)
+        try:
+            with _Transaction(con):
+                _drop_view(con, names, replace)
+                con.execute(f"CREATE TABLE {names.q('__moments')} AS SELECT * FROM temp.{ident(mom)} ORDER BY {REGION}")
+                con.execute(f"CREATE TABLE {names.q('__points')} AS SELECT * FROM {ident(arrow)}")
+                out_cols = comma(ident(c) for c in data.column_names)
+                con.execute(f"CREATE VIEW {names.view} AS SELECT {out_cols} FROM {names.q('__points')}")
+                con.execute(f"CREATE TABLE {names.q('__meta')} (key VARCHAR PRIMARY KEY, value VARCHAR)")
+                meta = {"format": FORMAT, "plan": plan.to_json(), "source": json.dumps(record), "version": str(version)}
+                for k, v in meta.items():
+                    con.execute(f"INSERT INTO {names.q('__meta')} VALUES ({literal(k)}, {literal(v)})")
+                con.execute(f"CREATE TABLE {names.q('__batches')} (seq INTEGER, batch_id VARCHAR, fingerprint VARCHAR, "
+                            "source VARCHAR, n_rows BIGINT, n_outside BIGINT, n_regions BIGINT, added_at TIMESTAMP)")
+                rows = batches if batches is not None else [
+                    (0, "initial", fingerprint, json.dumps(record), int(moments.counts().sum()), 0,
+                     moments.n_regions, _now())]
+                for r in rows:
+                    con.execute(f"INSERT INTO {names.q('__batches')} VALUES (?, ?, ?, ?, ?, ?, ?, ?)", list(r))
+        finally:
+            con.unregister(arrow)
+        timings["write"] = time.perf_counter() - t0
+    finally:
+        _drop_temp(con, temps)
+    n = int(moments.counts().sum())
+    return ViewResult(con, names.label, n, points.num_rows, moments.n_regions, timings, plan, names.parts)
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+
+
+def _drop_view(con: duckdb.DuckDBPyConnection, names: _Names, replace: bool) -> None:
+    """Inside the transaction: drop an existing view of this name (replace=True) or refuse."""
+    exists = [p for p in [names.parts] + [names.sib(s) for s in _SUFFIXES] if table_exists(con, p, current=True)]
+    if not exists:
+        return
+    is_view = table_exists(con, names.sib("__meta"), current=True)
+    if not replace:
+        raise OutputExistsError(f"{'.'.join(exists[0])!r} already exists; pass replace=True to rebuild the view")
+    if not is_view:
+        raise OutputExistsError(f"{names.label!r} exists and is not a materialised squashed view; not replaced")
+    con.execute(f"DROP VIEW IF EXISTS {names.view}")
+    for s in _SUFFIXES:
+        con.execute(f"DROP TABLE IF EXISTS {names.q(s)}")
+
+
+def materialize(con: duckdb.DuckDBPyConnection, name: str | Sequence[str], source: object, *,
+                categorical: Sequence[str] | str = (), quantitative: Sequence[str] | str = (),
+                method: str = "hyprect", alpha: float = 1.0, weight: str = "weight", seed: int = 0,
+                bins: int = 3, layers: int = 3, replace: bool = False, **options) -> ViewResult:
+    """Squash ``source`` into a view ``name`` that :func:`refresh` can later extend with new rows.
+
+    Arguments are those of :func:`duckquash.squash`. Besides the squashed rows (``SELECT * FROM
+    name``), the database keeps the per-region integer moments, the binning and the parameters
+    (module docstring): all created in one transaction, so a failure leaves nothing behind.
+    """
+    spec = SquashSpec(categorical, quantitative, method, alpha, bins, layers, weight=weight, seed=seed, **options)
+    names = _Names(table_name(name))
+    if not replace:
+        for p in [names.parts] + [names.sib(s) for s in _SUFFIXES]:
+            if table_exists(con, p, current=True):
+                raise OutputExistsError(f"{'.'.join(p)!r} already exists; pass replace=True to rebuild the view")
+    src = resolve(con, source)
+    try:
+        src.check_columns(spec.columns, spec.quantitative)
+        return _build(con, names, src, spec, _source_record(source, src), replace)
+    finally:
+        src.close()
+
+
+# --------------------------------------------------------------------------- refresh
+
+@dataclass(frozen=True)
+class RefreshReport:
+    """What a refresh did. ``drift``: share of new rows outside the range the binning saw."""
+
+    name: str
+    batch_id: str | None
+    n_new_rows: int
+    n_rows: int
+    n_changed_regions: int
+    n_new_regions: int
+    n_points: int
+    drift: float
+    drift_by_column: dict[str, float]
+    rebinned: bool
+    timings: dict[str, float]
+
+    def summary(self) -> str:
+        worst = max(self.drift_by_column.items(), key=lambda kv: kv[1], default=("-", 0.0))
+        return (f"refreshed {self.name!r}: +{self.n_new_rows:,} rows (now {self.n_rows:,}), "
+                f"{self.n_changed_regions:,} regions re-solved ({self.n_new_regions:,} new), "
+                f"{self.n_points:,} points; drift {100 * self.drift:.2f}% of new rows outside the binned range "
+                f"(most: {worst[0]} {100 * worst[1]:.2f}%)" + ("; rebinned" if self.rebinned else "")
+                + "; time " + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()))
+
+
+def _write_moments(con: duckdb.DuckDBPyConnection, names: _Names, merged: str) -> None:
+    con.execute(f"DELETE FROM {names.q('__moments')} WHERE {REGION} IN (SELECT {REGION} FROM temp.{ident(merged)})")
+    con.execute(f"INSERT INTO {names.q('__moments')} BY NAME SELECT * EXCLUDE (__dq_old) FROM temp.{ident(merged)}")
+
+
+def _write_points(con: duckdb.DuckDBPyConnection, names: _Names, merged: str, arrow: str) -> None:
+    con.execute(f"DELETE FROM {names.q('__points')} WHERE {REGION} IN (SELECT {REGION} FROM temp.{ident(merged)})")
+    con.execute(f"INSERT INTO {names.q('__points')} BY NAME SELECT * FROM {ident(arrow)}")
+
+
+def _log_batch(con: duckdb.DuckDBPyConnection, names: _Names, version: int, row: list) -> None:
+    now = con.execute(f"SELECT value FROM {names.q('__meta')} WHERE key = 'version'").fetchall()[0][0]
+    if int(now) != version:
+        raise InputError(f"{names.label!r} was refreshed by someone else meanwhile; nothing changed, try again")
+    con.execute(f"INSERT INTO {names.q('__batches')} VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+    con.execute(f"UPDATE {names.q('__meta')} SET value = {literal(str(version + 1))} WHERE key = 'version'")
+
+
+def refresh(con: duckdb.DuckDBPyConnection, name: str | Sequence[str], new_rows: object, *,
+            batch_id: str | None = None, rebin: bool = False) -> RefreshReport:
+    """Fold ``new_rows`` into the materialised view ``name``; only regions they touch are re-solved.
+
+    Parameters
+    ----------
+    name : str or tuple
+        A view made by :func:`materialize` (in this database file, by any process).
+    new_rows : source
+        Table, file, glob, query or relation with the view's input columns and types.
+    batch_id : str, optional
+        Name of the batch. A batch id, or content (row count + order-free hash of the rows),
+        already folded in is refused, so a batch is never counted twice.
+    rebin : bool
+        Rebuild the binning (and every region) from all recorded sources plus ``new_rows``:
+        the original source and each earlier batch are read again, so each must still be a
+        readable table, file or query with the rows it had (their fingerprints are checked).
+        Use it when drift is large or a new value is out of the fixed-point range.
+
+    Returns
+    -------
+    RefreshReport
+        Rows added, regions re-solved, drift (share of new rows beyond the binned range).
+
+    New rows' moments (one SQL pass, stored binning) are added to the stored integer sums, which
+    makes the result exactly what momentizing all rows at once gives; regions without new rows
+    keep their points byte for byte. Everything is written in one transaction.
+    """
+    names = _Names(table_name(name))
+    meta = _meta(con, names)
+    plan = SquashPlan.from_json(meta["plan"])
+    version = int(meta["version"])
+    if batch_id is not None and (not isinstance(batch_id, str) or not batch_id):
+        raise InputError(f"batch_id must be a non-empty string, got {batch_id!r}")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    src = resolve(con, new_rows)
+    temps: list[str] = []
+    try:
+        _check_types(src, plan)
+        stats = _batch_stats(con, src, plan)
+        log = con.execute(f"SELECT batch_id, fingerprint FROM {names.q('__batches')}").fetchall()
+        if batch_id is not None and batch_id in {b for b, _ in log}:
+            raise InputError(f"batch {batch_id!r} was already folded into {names.label!r}; nothing changed")
+        dup = [b for b, f in log if f == stats.fingerprint]
+        if dup and stats.n_rows:
+            raise InputError(f"these {stats.n_rows:,} rows were already folded into {names.label!r} "
+                             f"(same content as batch {dup[0]!r}); nothing changed")
+        drift = stats.n_outside / stats.n_rows if stats.n_rows else 0.0
+        by_col = {c: (stats.outside[j] / stats.n_rows if stats.n_rows else 0.0)
+                  for j, c in enumerate(plan.binning.quantitative)}
+        timings["check"] = time.perf_counter() - t0
+        total = int(con.execute(f"SELECT coalesce(sum({ident(N_COL)}), 0)::BIGINT FROM {names.q('__moments')}").fetchall()[0][0])
+        if stats.n_rows == 0:
+            return RefreshReport(names.label, batch_id, 0, total, 0, 0, 0, 0.0, by_col, False, timings)
+        record = _source_record(new_rows, src)
+        seq = len(log)
+        if rebin:
+            return _rebin(con, names, meta, plan, src, record, stats, batch_id, log, drift, by_col, timings)
+        bad = overflow_columns(plan, stats.minimum, stats.maximum)
+        if bad:
+            raise InputError(f"new values of {bad} lie so far outside the view's range that exact sums would "
+                             "overflow; refresh with rebin=True (or materialize again); nothing changed")
+        t0 = time.perf_counter()
+        new = _temp(con, plan.moment_sql(src.sql))
+        temps.append(new)
+        keys = list(plan.key_columns)
+        match = " AND ".join(f"o.{ident(k)} IS NOT DISTINCT FROM n.{ident(k)}" for k in keys) or "TRUE"
+        old_sub = f"(SELECT * FROM {names.q('__moments')} o WHERE EXISTS (SELECT 1 FROM temp.{ident(new)} n WHERE {match}))"
+        merged_sql = merge_sql(plan, [old_sub, f"temp.{ident(new)}"])
+        m_match = " AND ".join(f"o.{ident(k)} IS NOT DISTINCT FROM m.{ident(k)}" for k in keys) or "TRUE"
+        joined = _temp(con, f"SELECT o.{REGION} AS __dq_old, m.* FROM ({merged_sql}) m "
+                            f"LEFT JOIN {names.q('__moments')} o ON {m_match}")
+        temps.append(joined)
+        top = con.execute(f"SELECT coalesce(max({REGION}), -1) FROM {names.q('__moments')}").fetchall()[0][0]
+        order = comma(["__dq_old IS NOT NULL"] + [ident(k) + " NULLS FIRST" for k in keys])
+        merged = _temp(con, f"SELECT coalesce(__dq_old, {int(top)} + row_number() OVER (ORDER BY {order}))::BIGINT "
+                            f"AS {REGION}, * FROM temp.{ident(joined)}")
+        temps.append(merged)
+        n_new_regions = con.execute(f"SELECT count(*) FROM temp.{ident(merged)} WHERE __dq_old IS NULL").fetchall()[0][0]
+        timings["momentize"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        sql = double_sql(plan, f"temp.{ident(merged)}", extra=[REGION])
+        moments = moment_table(plan, con.sql(sql).to_arrow_table(), sql)
+        sample = con.sql(sample_sql(src, plan.spec)).to_arrow_table()
+        data, _, idx = generate_points(con, plan, moments, sample)
+        points = _points_table(data, moments.table.column(REGION).to_numpy()[idx])
+        timings["generate"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        arrow = _register(con, points)
+        try:
+            with _Transaction(con):
+                _write_moments(con, names, merged)
+                _write_points(con, names, merged, arrow)
+                _log_batch(con, names, version, [seq, batch_id, stats.fingerprint, json.dumps(record), stats.n_rows,
+                                                 stats.n_outside, moments.n_regions, _now()])
+        finally:
+            con.unregister(arrow)
+        timings["write"] = time.perf_counter() - t0
+        n_points = con.execute(f"SELECT count(*) FROM {names.q('__points')}").fetchall()[0][0]
+        return RefreshReport(names.label, batch_id, stats.n_rows, total + stats.n_rows, moments.n_regions,
+                             int(n_new_regions), int(n_points), drift, by_col, False, timings)
+    finally:
+        _drop_temp(con, temps)
+        src.close()
+
+
+def _rebin(con, names: _Names, meta: dict, plan: SquashPlan, src: Source, record: dict, stats: _BatchStats,
+           batch_id, log, drift, by_col, timings) -> RefreshReport:
+    """Rebuild the whole view from every recorded source plus the new rows (new binning)."""
+    rows = con.execute(f"SELECT seq, batch_id, fingerprint, source, n_rows, n_outside, n_regions, added_at "
+                       f"FROM {names.q('__batches')} ORDER BY seq").fetchall()
+    if record["source"] is None:
+        raise InputError("rebin=True needs the new rows as a table name, file path or query (it is recorded to be read again)")
+    parts, opened = [], []
+    cols = comma(ident(c) for c in plan.spec.columns)
+    try:
+        for r in rows:
+            rec = json.loads(r[3])
+            if rec.get("source") is None:
+                raise InputError(f"cannot rebin {names.label!r}: batch {r[1]!r} came from {rec.get('label')} "
+                                 "which cannot be read again; materialize the view again from all its data")
+            try:
+                s = resolve(con, rec["source"])
+            except InputError as e:
+                raise InputError(f"cannot rebin {names.label!r}: batch {r[1]!r} source is gone ({e})") from None
+            opened.append(s)
+            if r[2] is not None and _fingerprint(con, s, plan.spec) != r[2]:
+                raise InputError(f"cannot rebin {names.label!r}: the rows of batch {r[1]!r} ({rec.get('label')}) "
+                                 "changed since they were folded in; materialize the view again")
+            parts.append(f"SELECT {cols} FROM {s.sql}")
+        parts.append(f"SELECT {cols} FROM {src.sql}")
+        union = Source("(" + " UNION ALL ".join(parts) + ")", dict(plan.column_types), "all recorded sources")
+        version = int(meta["version"])
+        new_rows = [list(r) for r in rows] + [[len(rows), batch_id, stats.fingerprint, json.dumps(record), stats.n_rows,
+                                               stats.n_outside, 0, _now()]]
+        t0 = time.perf_counter()
+        res = _build(con, names, union, plan.spec, json.loads(meta["source"]), True, [tuple(r) for r in new_rows],
+                     timings, version + 1)
+        timings["rebuild"] = time.perf_counter() - t0
+    finally:
+        for s in opened:
+            s.close()
+    return RefreshReport(names.label, batch_id, stats.n_rows, res.n_rows, res.n_regions, res.n_regions,
+                         res.n_points, drift, by_col, True, timings)
