@@ -492,3 +492,41 @@ def _rebin(con, names: _Names, meta: dict, plan: SquashPlan, src: Source, record
             s.close()
     return RefreshReport(names.label, batch_id, stats.n_rows, res.n_rows, res.n_regions, res.n_regions,
                          res.n_points, drift, by_col, True, timings)
+
+
+# --------------------------------------------------------------------------- SQL entry point
+
+_REFRESH_UDF = "__dq_refresh_view"
+
+
+def install_sql(con: duckdb.DuckDBPyConnection, owner_ref) -> str:
+    """Register ``squash_refresh(name, src, batch_id := NULL, rebin := false)`` on ``con``; returns the UDF name.
+
+    The refresh runs on a cursor in its own transaction and is committed when the CALL returns,
+    so the caller's next statement sees the new view (the caller must not hold an open
+    transaction that touched the view's tables). The UDF is volatile: it runs once per CALL.
+    """
+    from importlib import resources
+
+    from duckdb.sqltypes import BOOLEAN, VARCHAR
+
+    def run(name: str, src: str, batch_id: str | None, rebin: bool | None) -> str:
+        owner = owner_ref()
+        if owner is None:
+            raise RuntimeError("the connection that installed squash_refresh() is closed")
+        if name is None or src is None:
+            raise InputError("squash_refresh needs a view name and a source of new rows")
+        cur = owner.cursor()
+        try:
+            rep = refresh(cur, name, src, batch_id=batch_id, rebin=bool(rebin))
+        finally:
+            cur.close()
+        return json.dumps({"name": rep.name, "batch_id": rep.batch_id, "n_new_rows": rep.n_new_rows,
+                           "n_rows": rep.n_rows, "n_changed_regions": rep.n_changed_regions,
+                           "n_points": rep.n_points, "drift": rep.drift, "summary": rep.summary()})
+
+    con.create_function(_REFRESH_UDF, run, [VARCHAR, VARCHAR, VARCHAR, BOOLEAN], VARCHAR,
+                        null_handling="special", side_effects=True)
+    text = resources.files("duckquash.sql").joinpath("views.sql").read_text(encoding="utf-8")
+    con.execute(text.replace("{udf}", _REFRESH_UDF))
+    return _REFRESH_UDF
