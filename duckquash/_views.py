@@ -216,11 +216,9 @@ def _build(con: duckdb.DuckDBPyConnection, names: _Names, src: Source, spec: Squ
         plan, sample = plan_from_source(con, src, spec)
         timings["group"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        keys = comma(ident(k) + " NULLS FIRST" for k in plan.key_columns)
-        order = f"ORDER BY {keys}" if keys else ""
-        mom = _temp(con, f"SELECT (row_number() OVER ({order}) - 1)::BIGINT AS {REGION}, * "
-                         f"FROM ({plan.moment_sql(src.sql)})")
+        mom = _temp(con, f"SELECT NULL::BIGINT AS {REGION}, * FROM ({plan.moment_sql(src.sql)})")
         temps.append(mom)
+        con.execute(f"UPDATE temp.{ident(mom)} SET {REGION} = rowid")  # any unique id will do
         fingerprint = _fingerprint(con, src, spec) if batches is None else None
         timings["momentize"] = time.perf_counter() - t0
         t0 = time.perf_counter()
