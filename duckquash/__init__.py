@@ -6,6 +6,8 @@ Weights in every output are frequency weights summing to the number of input row
 from __future__ import annotations
 
 from ._errors import DuckquashError, DuckquashWarning, InputError, OutputExistsError, SourceNotFoundError
+from ._formula import Design, build_design
+from ._glm import ConvergenceWarning, GLMResults, PerfectSeparationWarning, fit_design, glm
 from ._squash import SquashReport, SquashResult, squash
 from ._sqlapi import connect, install
 from ._merge import SquashPlan, merge_moments, squash_from_moments, squash_plan
@@ -17,6 +19,7 @@ __all__ = [
     "squash", "SquashResult", "SquashReport", "install", "connect",
     "materialize", "refresh", "view_plan", "ViewResult", "RefreshReport",
     "squash_plan", "SquashPlan", "merge_moments", "squash_from_moments",
+    "glm", "GLMResults", "fit_design", "build_design", "Design", "ConvergenceWarning", "PerfectSeparationWarning",
     "DuckquashError", "DuckquashWarning", "InputError", "OutputExistsError", "SourceNotFoundError",
     "__version__",
 ]

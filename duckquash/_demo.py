@@ -6,7 +6,7 @@ import time
 import duckdb
 import numpy as np
 
-from ._irls import logit_irls
+from ._glm import glm
 from ._squash import squash
 
 CATS = ["a1", "a2", "defected"]
@@ -30,8 +30,7 @@ def simulate(con: duckdb.DuckDBPyConnection, rows: int, table: str = "calls") ->
         FROM xs ORDER BY i""")
 
 
-def _design() -> list[str]:
-    return ["1", "(a1 = 1)::INT", "(a1 = 2)::INT", "(a2 = 1)::INT", "(a2 = 2)::INT"] + QUANT
+FORMULA = "defected ~ C(a1) + C(a2) + " + " + ".join(QUANT)
 
 
 def run_demo(rows: int = 1_000_000) -> None:
@@ -45,10 +44,9 @@ def run_demo(rows: int = 1_000_000) -> None:
     m = sq.n_points
     con.execute(f"CREATE TABLE calls_sample AS SELECT *, {rows / m!r}::DOUBLE AS weight "
                 f"FROM calls USING SAMPLE reservoir({m} ROWS) REPEATABLE (1)")
-    x = _design()
-    full = logit_irls(con, "calls", "defected", x)
-    fits = {"squashed (HypRect, alpha=1)": logit_irls(con, "calls_sq", "defected", x, "weight"),
-            f"uniform sample of {m:,} rows": logit_irls(con, "calls_sample", "defected", x, "weight")}
+    full = glm(con, "calls", FORMULA, "binomial")
+    fits = {"squashed (HypRect, alpha=1)": glm(con, "calls_sq", FORMULA, "binomial", weight="weight"),
+            f"uniform sample of {m:,} rows": glm(con, "calls_sample", FORMULA, "binomial", weight="weight")}
     print("main-effects logistic regression of defected on a1, a2, x1..x5")
     print(f"z = (beta - beta_full) / SE_full;  MSE = mean(z^2);  N/M = {rows / m:,.1f}")
     for name, fit in fits.items():
