@@ -235,3 +235,27 @@ def test_sql_call_and_cli(tmp_path, data):
     con = duckdb.connect(db)
     assert con.execute("SELECT sum(weight) FROM v").fetchall()[0][0] == pytest.approx(11500)
     con.close()
+
+
+def test_linear_model_answered_exactly_from_moments(vcon, data):
+    import statsmodels.formula.api as smf
+
+    con = vcon
+    duckquash.materialize(con, "v", "old", **ARGS)
+    duckquash.refresh(con, "v", "new")
+    for formula in ["x1 ~ x2 + x3 + C(a1) + defected", "x1 ~ x2 * x3 + I(x3**2) + C(a1):x2"]:
+        res = _views.glm_from_moments(con, "v", formula)
+        ref = smf.ols(formula, data).fit()
+        assert res.n_passes == 0 and "from the stored moments" in res.weight_note
+        assert res.nobs == N
+        b = dict(zip(res.exog_names, res.params))
+        se = dict(zip(res.exog_names, res.bse))
+        assert set(b) == set(ref.params.index)
+        for k in b:
+            assert b[k] == pytest.approx(ref.params[k], rel=1e-8, abs=1e-10 * ref.bse[k])
+            assert se[k] == pytest.approx(ref.bse[k], rel=1e-6)
+        assert res.scale == pytest.approx(ref.scale, rel=1e-8)
+    with pytest.raises(_views.NotFromMoments, match="not polynomials"):
+        _views.glm_from_moments(con, "v", "x1 ~ np.log(x2)")
+    with pytest.raises(_views.NotFromMoments, match="not polynomials"):
+        _views.glm_from_moments(con, "v", "x1 ~ I(x2**3)")
