@@ -317,11 +317,13 @@ class RefreshReport:
     drift_by_column: dict[str, float]
     rebinned: bool
     timings: dict[str, float]
+    n_updated_regions: int = 0  # of the changed regions, updated in closed form (the rest re-solved)
 
     def summary(self) -> str:
         worst = max(self.drift_by_column.items(), key=lambda kv: kv[1], default=("-", 0.0))
         return (f"refreshed {self.name!r}: +{self.n_new_rows:,} rows (now {self.n_rows:,}), "
-                f"{self.n_changed_regions:,} regions re-solved ({self.n_new_regions:,} new), "
+                f"{self.n_changed_regions:,} regions changed ({self.n_new_regions:,} new, "
+                f"{self.n_updated_regions:,} updated in closed form, the rest re-solved), "
                 f"{self.n_points:,} points; drift {100 * self.drift:.2f}% of new rows outside the binned range "
                 f"(most: {worst[0]} {100 * worst[1]:.2f}%)" + ("; rebinned" if self.rebinned else "")
                 + "; time " + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()))
@@ -346,7 +348,7 @@ def _log_batch(con: duckdb.DuckDBPyConnection, names: _Names, version: int, row:
 
 
 def refresh(con: duckdb.DuckDBPyConnection, name: str | Sequence[str], new_rows: object, *,
-            batch_id: str | None = None, rebin: bool = False) -> RefreshReport:
+            batch_id: str | None = None, rebin: bool = False, max_update_share: float = 0.1) -> RefreshReport:
     """Fold ``new_rows`` into the materialised view ``name``; only regions they touch are re-solved.
 
     Parameters
@@ -363,6 +365,12 @@ def refresh(con: duckdb.DuckDBPyConnection, name: str | Sequence[str], new_rows:
         the original source and each earlier batch are read again, so each must still be a
         readable table, file or query with the rows it had (their fingerprints are checked).
         Use it when drift is large or a new value is out of the fixed-point range.
+    max_update_share : float
+        A region whose new rows are at most this share of its rows is updated in closed form:
+        weights scaled to the new count and one least-displacement affine map making the
+        points' mean and covariance exactly the region's new ones (every degree <= 2 moment
+        exact; degree 3-4 keep the earlier fit's shape). Other touched regions are re-solved
+        from their stored moments. 0 re-solves every touched region.
 
     Returns
     -------
@@ -377,6 +385,9 @@ def refresh(con: duckdb.DuckDBPyConnection, name: str | Sequence[str], new_rows:
     meta = _meta(con, names)
     plan = SquashPlan.from_json(meta["plan"])
     version = int(meta["version"])
+    if isinstance(max_update_share, bool) or not isinstance(max_update_share, (int, float)) \
+            or not 0 <= max_update_share <= 1:
+        raise InputError(f"max_update_share must be a number in [0, 1], got {max_update_share!r}")
     if batch_id is not None and (not isinstance(batch_id, str) or not batch_id):
         raise InputError(f"batch_id must be a non-empty string, got {batch_id!r}")
     timings: dict[str, float] = {}
@@ -427,10 +438,17 @@ def refresh(con: duckdb.DuckDBPyConnection, name: str | Sequence[str], new_rows:
         n_new_regions = con.execute(f"SELECT count(*) FROM temp.{ident(merged)} WHERE __dq_old IS NULL").fetchall()[0][0]
         timings["momentize"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        sql = double_sql(plan, f"temp.{ident(merged)}", extra=[REGION])
+        sql = double_sql(plan, f"temp.{ident(merged)}", extra=[REGION, "__dq_old"])
         moments = moment_table(plan, con.sql(sql).to_arrow_table(), sql)
-        data, _, idx = generate_points(con, plan, moments, _warm_starts(con, names, plan, src, merged))
-        points = _points_table(data, moments.table.column(REGION).to_numpy()[idx])
+        old_points = _old_points(con, names, plan, merged)
+        updated, n_updated = _update_in_place(con, names, plan, moments, old_points, max_update_share)
+        solve = np.flatnonzero(~np.isin(moments.table.column(REGION).to_numpy(), updated.column(REGION).to_numpy()))
+        pieces = [updated]
+        if solve.size:
+            sub = moment_table(plan, moments.table.take(pa.array(solve)), sql)
+            data, _, idx = generate_points(con, plan, sub, _warm_starts(con, plan, src, old_points))
+            pieces.append(_points_table(data, sub.table.column(REGION).to_numpy()[idx]).cast(updated.schema))
+        points = pa.concat_tables(pieces)
         timings["generate"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         arrow = _register(con, points)
@@ -445,24 +463,121 @@ def refresh(con: duckdb.DuckDBPyConnection, name: str | Sequence[str], new_rows:
         timings["write"] = time.perf_counter() - t0
         n_points = con.execute(f"SELECT count(*) FROM {names.q('__points')}").fetchall()[0][0]
         return RefreshReport(names.label, batch_id, stats.n_rows, total + stats.n_rows, moments.n_regions,
-                             int(n_new_regions), int(n_points), drift, by_col, False, timings)
+                             int(n_new_regions), int(n_points), drift, by_col, False, timings, n_updated)
     finally:
         _drop_temp(con, temps)
         src.close()
 
 
-def _warm_starts(con: duckdb.DuckDBPyConnection, names: _Names, plan: SquashPlan, src: Source, merged: str) -> pa.Table:
+def _old_points(con: duckdb.DuckDBPyConnection, names: _Names, plan: SquashPlan, merged: str) -> pa.Table:
+    """Current points of the regions being refreshed, region by region."""
+    return con.sql(f"SELECT * FROM {names.q('__points')} WHERE {REGION} IN "
+                   f"(SELECT __dq_old FROM temp.{ident(merged)}) ORDER BY {REGION}, rowid").to_arrow_table()
+
+
+def _warm_starts(con: duckdb.DuckDBPyConnection, plan: SquashPlan, src: Source, old: pa.Table) -> pa.Table:
     """Solver starts for the re-solved regions: their current points first, then sampled new rows.
 
     A region that gained a few rows has moments close to before, so its old points start the
     solver next to the new optimum and it stops after a few steps.
     """
-    cats = [ident(c) for c in plan.spec.categorical]
+    cols = list(plan.spec.categorical) + list(plan.binning.quantitative)
     quants = [f"{ident(c)}::DOUBLE AS {ident(c)}" for c in plan.binning.quantitative]
-    old = con.sql(f"SELECT {comma(cats + quants)} FROM {names.q('__points')} WHERE {REGION} IN "
-                  f"(SELECT {REGION} FROM temp.{ident(merged)}) ORDER BY {REGION}, rowid").to_arrow_table()
-    new = con.sql(f"SELECT {comma(cats + quants)} FROM ({sample_sql(src, plan.spec)})").to_arrow_table()
+    new = con.sql(f"SELECT {comma([ident(c) for c in plan.spec.categorical] + quants)} "
+                  f"FROM ({sample_sql(src, plan.spec)})").to_arrow_table()
+    old = old.select(cols)
     return pa.concat_tables([old, new.cast(old.schema)])
+
+
+def _ot_map(cov_from: np.ndarray, cov_to: np.ndarray) -> np.ndarray:
+    """Least-displacement linear map taking covariance ``cov_from`` to ``cov_to`` (Gaussian OT map)."""
+    vals, vecs = np.linalg.eigh(cov_to)
+    half = (vecs * np.sqrt(np.maximum(vals, 0.0))) @ vecs.T
+    vals, vecs = np.linalg.eigh(half @ cov_from @ half)
+    inv_mid = (vecs / np.sqrt(vals)) @ vecs.T
+    return half @ inv_mid @ half
+
+
+def _update_in_place(con: duckdb.DuckDBPyConnection, names: _Names, plan: SquashPlan, moments, old: pa.Table,
+                     max_share: float) -> tuple[pa.Table, int]:
+    """Closed-form refresh of regions that gained few rows: keep their points' shape.
+
+    For a region whose new rows are at most ``max_share`` of its rows, the weights are scaled to
+    the new count and one affine map (the least displacement) makes the points' weighted mean and
+    covariance equal the region's new ones exactly, so every degree <= 2 moment stays exact;
+    higher moments keep the old fit's shape. Regions where this is not possible (too few points
+    for the covariance, a variable that stops being constant, a point leaving the region's range)
+    are re-solved instead. Returns the updated points (with ``__dq_region``) and their count.
+    """
+    empty = old.slice(0, 0)
+    tbl = moments.table
+    if max_share <= 0 or old.num_rows == 0:
+        return empty, 0
+    q = len(plan.binning.quantitative)
+    n = tbl.column(N_COL).to_numpy().astype(float)
+    old_id = tbl.column("__dq_old").to_pandas().to_numpy(dtype=float, na_value=np.nan)
+    n_old = dict(con.execute(f"SELECT {REGION}, {ident(N_COL)} FROM {names.q('__moments')} WHERE {REGION} IN "
+                             f"(SELECT unnest({literal([int(v) for v in old_id[~np.isnan(old_id)]])}))").fetchall())
+    reg_old = old.column(REGION).to_numpy()
+    starts = np.searchsorted(reg_old, np.unique(reg_old))
+    bounds = dict(zip(np.unique(reg_old).tolist(), zip(starts, list(starts[1:]) + [len(reg_old)])))
+    center, scale = np.array(plan.binning.center), np.array(plan.binning.scale)
+    xs = np.column_stack([old.column(c).to_numpy(zero_copy_only=False).astype(float)
+                          for c in plan.binning.quantitative]) if q else np.empty((old.num_rows, 0))
+    w_all = old.column(plan.spec.weight).to_numpy()
+    col = lambda name: tbl.column(name).to_numpy(zero_copy_only=False).astype(float)  # noqa: E731
+    from ._moments import max_col, min_col
+    lo = np.column_stack([col(min_col(j)) for j in range(q)]) if q else np.empty((len(n), 0))
+    hi = np.column_stack([col(max_col(j)) for j in range(q)]) if q else np.empty((len(n), 0))
+    s1 = {j: np.nan_to_num(col(moment_col(tuple(int(i == j) for i in range(q))))) for j in range(q)}
+    s2 = {(j, k): np.nan_to_num(col(moment_col(tuple(int(i == j) + int(i == k) for i in range(q)))))
+          for j in range(q) for k in range(q)}
+    keep_rows, new_x, new_w = [], [], []
+    for r in range(len(n)):
+        if np.isnan(old_id[r]) or int(old_id[r]) not in bounds:
+            continue
+        prev = n_old.get(int(old_id[r]))
+        if prev is None or n[r] <= plan.fetch_rows or (n[r] - prev) > max_share * n[r]:
+            continue
+        a, b = bounds[int(old_id[r])]
+        y, w = xs[a:b].copy(), w_all[a:b]
+        pi = w / w.sum()
+        present = ~np.isnan(lo[r])
+        if np.any(np.isnan(y[:, present])) or np.any(~np.isnan(y[:, ~present])):
+            continue
+        mz = np.array([s1[j][r] / n[r] for j in range(q)])
+        ez = np.array([[s2[(j, k)][r] / n[r] for k in range(q)] for j in range(q)]) if q else np.empty((0, 0))
+        act = np.flatnonzero(present & (hi[r] > lo[r]))
+        const = np.flatnonzero(present & (hi[r] <= lo[r]))
+        y[:, const] = lo[r][const]
+        if act.size:
+            cz = ez[np.ix_(act, act)] - np.outer(mz[act], mz[act])
+            cov_new = cz * np.outer(scale[act], scale[act])
+            mean_new = center[act] + scale[act] * mz[act]
+            ya = y[:, act]
+            mean_old = pi @ ya
+            dev = ya - mean_old
+            cov_old = (dev * pi[:, None]).T @ dev
+            if len(y) <= act.size or np.linalg.eigvalsh(cov_old)[0] <= 1e-12 * max(np.trace(cov_old), 1e-300):
+                continue
+            ya = mean_new + dev @ _ot_map(cov_old, cov_new).T
+            span = hi[r][act] - lo[r][act]
+            if np.any(ya < lo[r][act] - 1e-9 * span) or np.any(ya > hi[r][act] + 1e-9 * span):
+                continue
+            y[:, act] = np.clip(ya, lo[r][act], hi[r][act])
+        keep_rows.append(np.arange(a, b))
+        new_x.append(y)
+        new_w.append(pi * n[r])
+    if not keep_rows:
+        return empty, 0
+    idx = np.concatenate(keep_rows)
+    out = old.take(pa.array(idx))
+    x = np.concatenate(new_x)
+    for j, c in enumerate(plan.binning.quantitative):
+        out = out.set_column(out.column_names.index(c), c, pa.array(x[:, j], mask=np.isnan(x[:, j])))
+    out = out.set_column(out.column_names.index(plan.spec.weight), plan.spec.weight, pa.array(np.concatenate(new_w)))
+    # the region id of a refreshed region stays the same (old id == new id for regions that existed)
+    return out, len(keep_rows)
 
 
 def _rebin(con, names: _Names, meta: dict, plan: SquashPlan, src: Source, record: dict, stats: _BatchStats,

@@ -259,3 +259,37 @@ def test_linear_model_answered_exactly_from_moments(vcon, data):
         _views.glm_from_moments(con, "v", "x1 ~ np.log(x2)")
     with pytest.raises(_views.NotFromMoments, match="not polynomials"):
         _views.glm_from_moments(con, "v", "x1 ~ I(x2**3)")
+
+
+def test_small_batch_updates_regions_in_closed_form(vcon, data):
+    """A 5% batch: most regions keep their points' shape; mean and covariance stay exact everywhere."""
+    con = vcon
+    con.execute("CREATE TABLE base AS SELECT * FROM full_t WHERE row % 20 <> 7")
+    con.execute("CREATE TABLE extra AS SELECT * FROM full_t WHERE row % 20 = 7")
+    duckquash.materialize(con, "v", "base", **ARGS)
+    rep = duckquash.refresh(con, "v", "extra")
+    assert rep.n_updated_regions > 0 and rep.n_rows == N
+    assert con.execute("SELECT sum(weight) FROM v").fetchall()[0][0] == pytest.approx(N, rel=1e-12)
+    # per updated region: weighted mean and covariance of the points equal the region's rows'
+    plan = duckquash.view_plan(con, "v")
+    b = plan.binning
+    pts = con.execute(f"""SELECT m.__dq_n, sum(p.weight), sum(p.weight * p.x1) / sum(p.weight),
+                              sum(p.weight * p.x1 * p.x2) / sum(p.weight), sum(p.weight * p.x3 * p.x3) / sum(p.weight),
+                              m.__dq_region
+                       FROM v__points p JOIN v__moments m USING (__dq_region) GROUP BY m.__dq_n, m.__dq_region""").fetchall()
+    full = con.execute(f"""SELECT count(*), avg(x1), avg(x1 * x2), avg(x3 * x3), r FROM (
+                              SELECT *, (SELECT m.__dq_region FROM v__moments m WHERE m.a1 = f.a1 AND m.defected = f.defected
+                                         AND m.__dq_bin_0 = {_bin_sql('x1', b.edges[0])} AND m.__dq_bin_1 = {_bin_sql('x2', b.edges[1])}
+                                         AND m.__dq_bin_2 = {_bin_sql('x3', b.edges[2])}) AS r FROM full_t f) GROUP BY r""").fetchall()
+    by_region = {r[-1]: r for r in full}
+    assert len(by_region) == len(pts)
+    for n, w, m1, m12, m33, r in pts:
+        cnt, a1, a12, a33, _ = by_region[r]
+        assert n == cnt and w == pytest.approx(n, rel=1e-12)
+        if n > plan.fetch_rows:  # fitted regions: degree <= 2 moments exact (kept rows are exact anyway)
+            assert m1 == pytest.approx(a1, rel=1e-7) and m12 == pytest.approx(a12, rel=1e-7)
+            assert m33 == pytest.approx(a33, rel=1e-7)
+
+
+def _bin_sql(col: str, edges) -> str:
+    return "CASE " + " ".join(f"WHEN {col} < {e!r} THEN {k}" for k, e in enumerate(edges)) + f" ELSE {len(edges)} END"
