@@ -72,16 +72,24 @@ class SquashPlan:
     def fixed_point(self) -> bool:
         return all(b is not None for b in self.bits().values())
 
-    def moment_sql(self, from_sql: str, *, rows: bool = True) -> str:
+    def moment_sql(self, from_sql: str, *, rows: bool = True, dialect: str = "duckdb") -> str:
         """Plain SQL computing one partial integer moment table from ``from_sql`` (a FROM item).
 
-        ``rows=False`` drops the DuckDB-only ``min(list, k)`` aggregate (for other engines); the
-        merged table then fits tiny regions instead of keeping their rows.
+        ``rows=False`` drops the DuckDB-only ``min(list, k)`` aggregate; the merged table then
+        fits tiny regions instead of keeping their rows. ``dialect="postgres"`` (implies
+        ``rows=False``) spells DOUBLE as DOUBLE PRECISION; the sums then come back as NUMERIC,
+        exactly the integers DuckDB computes (both engines round a DOUBLE to BIGINT half to even).
+        HypRect plans only: Data Sphere keys use DuckDB list functions.
         """
+        if dialect not in ("duckdb", "postgres"):
+            raise InputError(f"dialect must be 'duckdb' or 'postgres', got {dialect!r}")
+        if dialect == "postgres" and self.binning.method != "hyprect":
+            raise InputError("moment SQL for PostgreSQL is available for HypRect plans only")
+        rows = rows and dialect == "duckdb"
         sql, _, _ = _moment_sql(Source(from_sql, {}, "partition"), self.binning, self.extent,
                                 self.spec.categorical, self.spec.degree, self.fetch_rows if rows else 0,
                                 integer_sums=True)
-        return sql
+        return sql.replace("::DOUBLE", "::DOUBLE PRECISION") if dialect == "postgres" else sql
 
     def to_json(self) -> str:
         return json.dumps({"version": PLAN_VERSION, "spec": self.spec.as_dict(), "binning": asdict(self.binning),

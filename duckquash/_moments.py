@@ -98,7 +98,8 @@ def keyed_rows_sql(from_sql: str, binning: Binning, categorical: tuple[str, ...]
     stage1 = comma(cats + [f"{binning.value_sql(j)} AS {v[j]}" for j in range(q)])
     stage2 = comma(cats + v + [f"{binning.z_sql(j, v[j])} AS {z[j]}" for j in range(q)])
     stage3 = comma(cats + v + z + [f"{expr} AS {k}" for expr, k in zip(binning.key_sql(v, z), keys)])
-    return f"SELECT {stage3} FROM (SELECT {stage2} FROM (SELECT {stage1} FROM {from_sql}))"
+    # aliased subqueries: plain SQL that PostgreSQL (< 16) accepts too
+    return f"SELECT {stage3} FROM (SELECT {stage2} FROM (SELECT {stage1} FROM {from_sql}) AS __dq_s1) AS __dq_s2"
 
 
 def moment_sql(src: Source, binning: Binning, extent: Extent, categorical: tuple[str, ...],
@@ -132,7 +133,7 @@ def moment_sql(src: Source, binning: Binning, extent: Extent, categorical: tuple
         aggs.append(f"min([{comma(v)}], {int(fetch_rows)}) AS {ROWS_COL}")
     group = comma(cats + keys)
     sql = (f"SELECT {comma(cats + keys + aggs)}\n"
-           f"FROM ({keyed_rows_sql(src.sql, binning, categorical)})\n"
+           f"FROM ({keyed_rows_sql(src.sql, binning, categorical)}) AS __dq_keyed\n"
            + (f"GROUP BY {group}\nORDER BY {comma(c + ' NULLS FIRST' for c in cats + keys)}" if group else ""))
     return sql, exps, exact
 
