@@ -71,6 +71,17 @@ def _meta(con: duckdb.DuckDBPyConnection, names: _Names) -> dict[str, str]:
     return meta
 
 
+def is_view(con: duckdb.DuckDBPyConnection, name: object) -> bool:
+    """Whether ``name`` (str or tuple) is a materialised squashed view in ``con``."""
+    if not isinstance(name, (str, tuple)):
+        return False
+    try:
+        names = _Names(table_name(name))
+        return table_exists(con, names.sib("__meta")) and table_exists(con, names.sib("__moments"))
+    except (InputError, duckdb.Error):
+        return False
+
+
 def view_plan(con: duckdb.DuckDBPyConnection, name: str | Sequence[str]) -> SquashPlan:
     """The stored plan of a materialised view: emit partition moment SQL with it (``plan.moment_sql``)."""
     return SquashPlan.from_json(_meta(con, _Names(table_name(name)))["plan"])
