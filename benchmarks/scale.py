@@ -80,9 +80,10 @@ def child(phase: str, args: argparse.Namespace) -> dict:
         out.update(total_s=time.perf_counter() - t0, stages=res.timings, N=res.n_rows, M=res.n_points, R=res.n_regions)
     elif phase == "refresh":
         t0 = time.perf_counter()
-        rep = duckquash.refresh(con, "scale_view", os.path.join(args.data, "new-000.parquet"), batch_id="new-1M")
+        path = os.path.join(args.data, f"new-{args.batch:03d}.parquet")
+        rep = duckquash.refresh(con, "scale_view", path, batch_id=f"new-1M-{args.batch}")
         out.update(total_s=time.perf_counter() - t0, stages=rep.timings, N=rep.n_rows, changed=rep.n_changed_regions,
-                   drift=rep.drift, M=rep.n_points)
+                   updated=rep.n_updated_regions, drift=rep.drift, M=rep.n_points)
     elif phase == "many":
         parts = sorted(glob.glob(files))
         per = max(1, round(args.many_rows / (args.rows / len(parts))))
@@ -110,15 +111,21 @@ def main() -> None:
     ap.add_argument("--many-rows", type=int, default=20_000_000)
     ap.add_argument("--data", default="/tmp/duckquash-scale")
     ap.add_argument("--phases", default="plain,materialize,refresh,many")
+    ap.add_argument("--batch", type=int, default=0, help="which 1M-row batch the refresh phase folds in")
     ap.add_argument("--child")
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args)))
         return
-    argv = ["--rows", str(args.rows), "--files", str(args.files), "--many-rows", str(args.many_rows), "--data", args.data]
+    argv = ["--rows", str(args.rows), "--files", str(args.files), "--many-rows", str(args.many_rows), "--data", args.data,
+            "--batch", str(args.batch)]
     t0 = time.perf_counter()
     make_files(args.data, args.rows, args.files)
-    make_files(args.data, 1_000_000, 1, offset=args.rows, prefix="new")
+    for b in range(args.batch + 1):
+        path = make_files(os.path.join(args.data, "tmp-new"), 1_000_000, 1, offset=args.rows + b * 1_000_000)[0]
+        target = os.path.join(args.data, f"new-{b:03d}.parquet")
+        if not os.path.exists(target):
+            os.replace(path, target)
     size = sum(os.path.getsize(p) for p in glob.glob(os.path.join(args.data, "*.parquet")))
     print(f"data: {args.rows:,} rows in {args.files} Parquet files + 1M new rows, {size / 2**30:.1f} GiB "
           f"(ready in {time.perf_counter() - t0:.0f}s); memory_limit=1GB in every phase", flush=True)
@@ -139,7 +146,7 @@ def main() -> None:
             share = f", {100 * r['total_s'] / res['materialize'][0]['total_s']:.1f}% of the squash (target < 5%)" \
                 if "materialize" in res else ""
             print(f"refresh 1M new rows     : {r['total_s']:.1f}s{share} [{stages}]; {r['changed']:,} regions "
-                  f"re-solved; N={r['N']:,}; drift {100 * r['drift']:.3f}%; peak RSS {rss:,.0f} MiB", flush=True)
+                  f"changed ({r.get('updated', 0):,} updated in closed form, the rest re-solved); N={r['N']:,}; drift {100 * r['drift']:.3f}%; peak RSS {rss:,.0f} MiB", flush=True)
         elif phase == "many":
             g = r["stages"]["generate"]
             print(f"many regions (bins=6)   : {r['total_s']:.1f}s [{stages}]; N={r['N']:,} -> M={r['M']:,} in "

@@ -509,6 +509,27 @@ def _ot_map(cov_from: np.ndarray, cov_to: np.ndarray) -> np.ndarray:
     return half @ inv_mid @ half
 
 
+def _exact_inside(y: np.ndarray, pi: np.ndarray, mean: np.ndarray, cov: np.ndarray, lo: np.ndarray,
+                  hi: np.ndarray, rounds: int = 50) -> np.ndarray | None:
+    """Points with weighted mean ``mean`` and covariance ``cov`` exactly, inside [lo, hi]; None if not found.
+
+    Alternates the least-displacement affine map with clipping to the box (as the generator does).
+    """
+    span = np.maximum(hi - lo, 1e-300)
+    for _ in range(rounds):
+        m = pi @ y
+        dev = y - m
+        c = (dev * pi[:, None]).T @ dev
+        if np.linalg.eigvalsh(c)[0] <= 1e-12 * max(np.trace(c), 1e-300):
+            return None
+        y = mean + dev @ _ot_map(c, cov).T
+        excess = np.max(np.maximum(y - hi, lo - y) / span)
+        if excess <= 1e-9:
+            return np.clip(y, lo, hi)
+        y = np.clip(y, lo, hi)
+    return None
+
+
 def _update_in_place(con: duckdb.DuckDBPyConnection, names: _Names, plan: SquashPlan, moments, old: pa.Table,
                      max_share: float) -> tuple[pa.Table, int]:
     """Closed-form refresh of regions that gained few rows: keep their points' shape.
@@ -571,11 +592,10 @@ def _update_in_place(con: duckdb.DuckDBPyConnection, names: _Names, plan: Squash
             cov_old = (dev * pi[:, None]).T @ dev
             if len(y) <= act.size or np.linalg.eigvalsh(cov_old)[0] <= 1e-12 * max(np.trace(cov_old), 1e-300):
                 continue
-            ya = mean_new + dev @ _ot_map(cov_old, cov_new).T
-            span = hi[r][act] - lo[r][act]
-            if np.any(ya < lo[r][act] - 1e-9 * span) or np.any(ya > hi[r][act] + 1e-9 * span):
+            ya = _exact_inside(ya, pi, mean_new, cov_new, lo[r][act], hi[r][act])
+            if ya is None:
                 continue
-            y[:, act] = np.clip(ya, lo[r][act], hi[r][act])
+            y[:, act] = ya
         keep_rows.append(np.arange(a, b))
         new_x.append(y)
         new_w.append(pi * n[r])
