@@ -121,11 +121,11 @@ def main() -> None:
             "--batch", str(args.batch)]
     t0 = time.perf_counter()
     make_files(args.data, args.rows, args.files)
-    for b in range(args.batch + 1):
-        path = make_files(os.path.join(args.data, "tmp-new"), 1_000_000, 1, offset=args.rows + b * 1_000_000)[0]
+    for b in range(args.batch + 1):  # 1M-row batches after the main rows
         target = os.path.join(args.data, f"new-{b:03d}.parquet")
         if not os.path.exists(target):
-            os.replace(path, target)
+            os.replace(make_files(os.path.join(args.data, f"tmp-new-{b}"), 1_000_000, 1,
+                                  offset=args.rows + b * 1_000_000)[0], target)
     size = sum(os.path.getsize(p) for p in glob.glob(os.path.join(args.data, "*.parquet")))
     print(f"data: {args.rows:,} rows in {args.files} Parquet files + 1M new rows, {size / 2**30:.1f} GiB "
           f"(ready in {time.perf_counter() - t0:.0f}s); memory_limit=1GB in every phase", flush=True)
