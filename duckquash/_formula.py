@@ -14,6 +14,7 @@ full- or reduced-rank categorical coding, column names, contrast matrices). duck
 from __future__ import annotations
 
 import ast
+import itertools
 import re
 import warnings
 from dataclasses import dataclass
@@ -457,8 +458,6 @@ def _formulaic_spec(formula, factors, cats, columns, env, has_lhs):
 
 def _columns_sql(spec, factors, cats, formula) -> tuple[list[str], list[str]]:
     """One SQL expression per column of formulaic's spec, in its order and with its names."""
-    from formulaic.materializers.types import ScopedTerm  # noqa: F401  (documented type of structure)
-
     names: list[str] = []
     exprs: list[str] = []
     for struct in spec.structure:
@@ -478,7 +477,6 @@ def _columns_sql(spec, factors, cats, formula) -> tuple[list[str], list[str]]:
             if not parts:
                 built["Intercept"] = literal(scale)
                 continue
-            import itertools
             for rev in itertools.product(*reversed(parts)):
                 prod = rev[::-1]
                 name = ":".join(p[0] for p in prod)

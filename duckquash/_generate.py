@@ -7,19 +7,27 @@ region's central, scaled mixed moments t_e = mean(prod_j u_j^e_j). We minimise
     S(Y, w) = sum_e c_e (sum_i pi_i prod_j y_ij^e_j - t_e)^2,    pi = w / N,
 
 with y_ij = lo_j + (hi_j - lo_j) * sigmoid(theta_ij) (values stay inside the region's range)
-and pi = softmax(phi) (weights positive, summing to N). All moments of degree <= 2 get
-c_e = 1000, higher degrees share 1 (degree 3 twice degree 4), and moments are used lowest order
+and pi = softmax(phi) (weights positive, summing to N). Each moment of degree <= 2 gets
+c_e = 1, higher degrees share 1 (degree 3 twice degree 4), and moments are used lowest order
 first until there are at least as many as unknowns (DuMouchel et al. 1999).
 
-Regions with the same (M, active variables) form one batch solved together by a damped
-Gauss-Newton (Levenberg-Marquardt) iteration in numpy, started from sampled rows of the region.
-Afterwards an affine map with the least displacement makes mean and covariance exact; regions
-whose fit stays poor are restarted from other sampled rows and the best fit is kept; regions
-whose second order cannot be made exact inside their bounds get one more point.
+Regions with the same (M, active variables) form one batch solved together in numpy, started
+from sampled rows of the region, in two phases:
+1. Levenberg-Marquardt on S. Degree <= 2 moments are *not* given a stiff penalty here: with a
+   large c_e the iterate crawls along the exact-second-order valley and the degree 3/4
+   moments (which decide how well nonlinear models such as logistic regression are
+   reproduced) stay poor.
+2. Gauss-Newton with minimum-norm steps on the degree <= 2 residuals alone (small K_2 x K_2
+   systems), which moves the fit the least onto exact mean and covariance, inside the bounds.
+Afterwards an affine map with the least displacement removes the rounding left; regions whose
+fit stays poor are restarted from other sampled rows and the best fit is kept; regions whose
+second order cannot be made exact inside their bounds get one more point.
 """
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 from itertools import product
@@ -31,7 +39,7 @@ from ._binning import Binning
 from ._moments import ROWS_COL, MomentTable, exponents, max_col, min_col, moment_col
 from ._spec import SquashSpec
 
-DEG2_WEIGHT = 1000.0
+DEG2_WEIGHT = 1.0  # LM phase only: exactness comes from the projection phase, not a stiff penalty
 _DEG_RAW_WEIGHT = {3: 2.0, 4: 1.0}
 POOR_FIT = 1e-2  # RMS degree 3/4 residual that is always good enough (else: restart if twice the batch median)
 _BOUND_SLACK = 1e-9  # relative bound violation repaired by clipping after the exact correction
@@ -39,7 +47,10 @@ _PROJECTIONS = 50  # rounds of (exact second-order map, clip to bounds)
 _EXACT_TOL = 1e-8  # degree <= 2 error above which a region gets one more point
 _BUMPS = 3
 _CHUNK = 128  # regions per solver batch
+_THREADS = min(4, os.cpu_count() or 1)  # solver threads over chunks
 _REL_IMPROVEMENT = 1e-7  # a region stops when a step gains less than this fraction of its cost
+_LAM0 = 1e-3  # initial LM damping (Marquardt scaling)
+_PROJECT_STEPS = 6  # Gauss-Newton projection steps onto exact degree <= 2 moments
 
 
 def n_points(n: np.ndarray, alpha: float) -> np.ndarray:
@@ -154,6 +165,7 @@ class _FeatureMap:
     used: np.ndarray  # (K,) positions of the fitted moments in the closure
     grad_src: np.ndarray  # (K, d) position of e - unit_j (0 = constant; masked where e_j = 0)
     grad_mul: np.ndarray  # (K, d) e_j
+    levels: tuple[tuple[int, int], ...]  # closure positions of each degree 1, 2, ...
 
 
 def _feature_map(exps: np.ndarray) -> _FeatureMap:
@@ -175,70 +187,135 @@ def _feature_map(exps: np.ndarray) -> _FeatureMap:
                 prev = [int(v) for v in e]
                 prev[j] -= 1
                 src[a, j] = pos[tuple(prev)]
-    return _FeatureMap(parent, var, used, src, exps.astype(float))
+    deg = np.array([sum(e) for e in closure])
+    levels = tuple((int(np.searchsorted(deg, t)), int(np.searchsorted(deg, t, side="right"))) for t in range(1, top + 1))
+    return _FeatureMap(parent, var, used, src, exps.astype(float), levels)
 
 
 def _features(y: np.ndarray, fmap: _FeatureMap, with_grad: bool):
-    """f[b,i,k] = prod_j y_bij^e_kj over the fitted moments and, optionally, df/dy (B, M, K, d)."""
-    allf = np.empty(y.shape[:2] + (len(fmap.parent),))
-    allf[..., 0] = 1.0
-    for i in range(1, len(fmap.parent)):
-        allf[..., i] = allf[..., fmap.parent[i]] * y[..., fmap.var[i]]
-    f = allf[..., fmap.used]
+    """Monomials of the points, moment-major: f[k,b,i] = prod_j y_bij^e_kj over the fitted moments
+    and, optionally, g[k,j,b,i] = d f[k,b,i] / d y_bij. One vectorised product per degree."""
+    allf = np.empty((len(fmap.parent),) + y.shape[:2])
+    allf[0] = 1.0
+    yt = np.moveaxis(y, -1, 0)
+    for a, b in fmap.levels:
+        np.multiply(allf[fmap.parent[a:b]], yt[fmap.var[a:b]], out=allf[a:b])
+    f = allf[fmap.used]
     if not with_grad:
         return f, None
-    return f, allf[..., fmap.grad_src] * fmap.grad_mul
+    return f, allf[fmap.grad_src] * fmap.grad_mul[:, :, None, None]
 
 
-def _residuals(batch: Batch, theta: np.ndarray, phi: np.ndarray, with_jac: bool):
+def _residuals(batch: Batch, theta: np.ndarray, phi: np.ndarray, with_jac: bool, sw: np.ndarray):
+    """Weighted moment residuals (B, K) and, optionally, their Jacobian (B, K, M d + M)."""
     span = batch.hi - batch.lo
     s = _sigmoid(theta)
     y = batch.lo[:, None, :] + span[:, None, :] * s
     pi = _softmax(phi)
     f, g = _features(y, batch.plan.fmap, with_jac)
-    mom = np.einsum("bi,bik->bk", pi, f)
-    sw = np.sqrt(batch.plan.weights)
+    mom = np.einsum("kbi,bi->bk", f, pi)
     r = (mom - batch.target) * sw
     if not with_jac:
         return r, None
-    dy = span[:, None, :] * s * (1.0 - s)  # (B, M, d)
-    jy = (pi[:, :, None, None] * g * dy[:, :, None, :]).transpose(0, 2, 1, 3)  # (B, K, M, d)
-    jphi = (pi[:, :, None] * (f - mom[:, None, :])).transpose(0, 2, 1)  # (B, K, M)
-    b, k, m, d = jy.shape
-    jac = np.concatenate([jy.reshape(b, k, m * d), jphi], axis=2) * sw[None, :, None]
-    return r, jac
+    k, d, b, m = g.shape
+    pdy = np.moveaxis(pi[:, :, None] * span[:, None, :] * s * (1.0 - s), -1, 0)  # (d, B, M)
+    jac = np.empty((b, k, m, d + 1))
+    jac[..., :d] = (g * (pdy * 1.0)[None]).transpose(2, 0, 3, 1)
+    jac[..., d] = ((f - mom.T[:, :, None]) * pi[None]).transpose(1, 0, 2)
+    jac *= sw[None, :, None, None]
+    return r, jac.reshape(b, k, m * (d + 1))
 
 
 def _lm(batch: Batch, theta: np.ndarray, phi: np.ndarray, max_iter: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two phases: LM with degree <= 2 residuals weighted like the others (the fit goes to the
+    higher moments instead of crawling along the stiff exact-second-order valley), then
+    minimum-norm Gauss-Newton steps onto exact degree <= 2 moments, inside the bounds."""
+    theta, phi = _lm_phase(batch, theta, phi, max_iter, np.sqrt(batch.plan.weights))
+    return _project_low(batch, theta, phi, _PROJECT_STEPS)
+
+
+def _project_low(batch: Batch, theta: np.ndarray, phi: np.ndarray, iters: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss-Newton with minimum-norm steps on the degree <= 2 residuals alone: moves the fit the
+    least (in parameter space) onto the manifold where mean and covariance are exact."""
+    low = np.flatnonzero(batch.plan.degree <= 2)
+    exps = batch.plan.exps[low]
+    plan = MomentPlan(exps, np.ones(len(low)), batch.plan.degree[low], _feature_map(exps))
+    sub = Batch(plan, batch.target[:, low], batch.lo, batch.hi, batch.corr)
+    b, m, d = theta.shape
+    ones = np.ones(len(low))
+
+    def split(v: np.ndarray):
+        v = v.reshape(len(v), m, d + 1)
+        return v[:, :, :d], v[:, :, d]
+
+    x = np.concatenate([theta, phi[:, :, None]], axis=2).reshape(b, m * (d + 1))
+    active = np.arange(b)
+    r, _ = _residuals(sub, theta, phi, False, ones)
+    cost = (r * r).sum(axis=1)
+    for _ in range(iters):
+        if active.size == 0:
+            break
+        st = sub.take(active)
+        r, jac = _residuals(st, *split(x[active]), True, ones)
+        jjt = jac @ jac.transpose(0, 2, 1)
+        k = jjt.shape[1]
+        jjt[:, np.arange(k), np.arange(k)] += 1e-12 * np.einsum("bii->b", jjt)[:, None] + 1e-300
+        step = -(jac.transpose(0, 2, 1) @ np.linalg.solve(jjt, r[:, :, None]))[:, :, 0]
+        t = np.ones(len(active))
+        x0 = x[active]
+        for _h in range(6):  # step halving until the residual drops
+            r_new, _ = _residuals(st, *split(x0 + t[:, None] * step), False, ones)
+            c_new = (r_new * r_new).sum(axis=1)
+            ok = c_new < cost[active]
+            if ok.all():
+                break
+            t = np.where(ok, t, 0.5 * t)
+        x[active[ok]] = (x0 + t[:, None] * step)[ok]
+        cost[active[ok]] = c_new[ok]
+        active = active[ok & (c_new > 1e-28)]
+    return split(x)
+
+
+def _lm_phase(batch: Batch, theta: np.ndarray, phi: np.ndarray, max_iter: int, sw) -> tuple[np.ndarray, np.ndarray]:
     """Levenberg-Marquardt on all regions of the batch at once; converged regions drop out."""
     b, m, d = theta.shape
-    x = np.concatenate([theta.reshape(b, m * d), phi], axis=1)
-    lam = np.full(b, 1e-3)
+    x = np.concatenate([theta, phi[:, :, None]], axis=2).reshape(b, m * (d + 1))
+    lam = np.full(b, _LAM0)
     active = np.arange(b)
 
     def split(v: np.ndarray):
-        return v[:, : m * d].reshape(-1, m, d), v[:, m * d:]
+        v = v.reshape(len(v), m, d + 1)
+        return v[:, :, :d], v[:, :, d]
 
-    r, _ = _residuals(batch, theta, phi, False)
+    r, _ = _residuals(batch, theta, phi, False, sw)
     cost = (r * r).sum(axis=1)
+    nn = x.shape[1]
+    normal = np.empty((b, nn, nn))  # J'J at the current x of each region, kept while steps fail
+    grad = np.empty((b, nn))
+    stale = np.ones(b, dtype=bool)
+    eye = np.arange(nn)
     for _ in range(max_iter):
         if active.size == 0:
             break
-        bt = batch.take(active)
-        r, jac = _residuals(bt, *split(x[active]), True)
-        jt = jac.transpose(0, 2, 1)
-        a = jt @ jac
-        grad = (jt @ r[:, :, None])[:, :, 0]
-        diag = np.einsum("bii->bi", a)
-        a[:, np.arange(a.shape[1]), np.arange(a.shape[1])] += lam[active, None] * (diag + 1e-9) + 1e-12
-        step = -np.linalg.solve(a, grad[:, :, None])[:, :, 0]
+        fresh = active[stale[active]]
+        if fresh.size:
+            r, jac = _residuals(batch.take(fresh), *split(x[fresh]), True, sw)
+            jt = jac.transpose(0, 2, 1)
+            normal[fresh] = jt @ jac
+            grad[fresh] = (jt @ r[:, :, None])[:, :, 0]
+            stale[fresh] = False
+        a = normal[active]
+        diag = a[:, eye, eye]
+        a[:, eye, eye] += lam[active, None] * (diag + 1e-9) + 1e-12
+        step = -np.linalg.solve(a, grad[active][:, :, None])[:, :, 0]
         x_new = x[active] + step
-        r_new, _ = _residuals(bt, *split(x_new), False)
+        r_new, _ = _residuals(batch.take(active), *split(x_new), False, sw)
         c_new = (r_new * r_new).sum(axis=1)
         ok = c_new < cost[active]
         improved = cost[active] - c_new
         idx_ok = active[ok]
         x[idx_ok] = x_new[ok]
+        stale[idx_ok] = True
         lam[idx_ok] = np.maximum(lam[idx_ok] / 3.0, 1e-9)
         lam[active[~ok]] *= 4.0
         small = ok & (improved <= _REL_IMPROVEMENT * cost[active])
@@ -291,18 +368,22 @@ def _finish(batch: Batch, theta: np.ndarray, phi: np.ndarray, full: bool) -> Fit
     lo, hi = batch.lo[:, None, :], batch.hi[:, None, :]
     y0 = lo + span[:, None, :] * _sigmoid(theta)
     pi = _softmax(phi)
-    y = y0
+    y = y0.copy()
+    excess = np.zeros(len(y))
+    todo = np.arange(len(y))  # regions still outside their box after the last exact map
     for _ in range(_PROJECTIONS):
-        y = _exact_second_order(y, pi, batch.corr, full)
-        over = np.maximum(y - hi, lo - y) / span[:, None, :]
-        excess = np.maximum(over.max(axis=(1, 2)), 0.0)
-        if (excess <= _BOUND_SLACK).all():
+        yt = _exact_second_order(y[todo], pi[todo], batch.corr[todo], full)
+        over = np.maximum(yt - hi[todo], lo[todo] - yt) / span[todo, None, :]
+        excess[todo] = np.maximum(over.max(axis=(1, 2)), 0.0)
+        bad = excess[todo] > _BOUND_SLACK
+        y[todo] = np.where(bad[:, None, None], np.clip(yt, lo[todo], hi[todo]), yt)
+        todo = todo[bad]
+        if todo.size == 0:
             break
-        y = np.clip(y, lo, hi)
     use = excess <= _BOUND_SLACK  # elsewhere keep the in-bounds least-squares fit
     y = np.where(use[:, None, None], np.clip(y, lo, hi), y0)
     f, _ = _features(y, batch.plan.fmap, False)
-    mom = np.einsum("bi,bik->bk", pi, f)
+    mom = np.einsum("kbi,bi->bk", f, pi)
     err = mom - batch.target
     low = batch.plan.degree <= 2
     r2 = np.abs(err[:, low]).max(axis=1)
@@ -454,12 +535,18 @@ def _fit_group(reg: _Regions, sample: _Sample, idx: np.ndarray, mr: int, act: tu
         y0 = (sample.z[pos][:, :, a] - mu[sub][:, None, :]) / sd[sub][:, None, :]
         return np.nan_to_num(y0), have
 
-    fits = []
-    for c0 in range(0, len(idx), _CHUNK):  # chunks keep the Jacobians in cache
+    def solve_chunk(c0: int) -> Fit:  # seeded by its own key: the same result in any thread or order
         part = np.arange(c0, min(len(idx), c0 + _CHUNK))
-        fits.append(solve_batch(batch.take(part), mr, lambda sub, attempt, part=part: starts(part[sub], attempt),
-                                seed=spec.seed, key=(dd, *act, c0), restarts=spec.restarts,
-                                max_iter=spec.max_iter, full=mr > dd))
+        return solve_batch(batch.take(part), mr, lambda sub, attempt: starts(part[sub], attempt),
+                           seed=spec.seed, key=(dd, *act, c0), restarts=spec.restarts,
+                           max_iter=spec.max_iter, full=mr > dd)
+
+    chunks = range(0, len(idx), _CHUNK)  # chunks keep the Jacobians in cache
+    if len(chunks) > 1 and _THREADS > 1:  # numpy releases the GIL in its kernels
+        with ThreadPoolExecutor(min(_THREADS, len(chunks))) as pool:
+            fits = list(pool.map(solve_chunk, chunks))
+    else:
+        fits = [solve_chunk(c0) for c0 in chunks]
     fit = Fit(*(np.concatenate([getattr(f, k) for f in fits]) for k in Fit.__dataclass_fields__))
     x = np.repeat(reg.mean_x[idx][:, None, :], mr, axis=1)
     xa = reg.center[a] + reg.scale[a] * (mu[:, None, :] + sd[:, None, :] * fit.y)
@@ -492,6 +579,8 @@ def generate(moments: MomentTable, binning: Binning, spec: SquashSpec, fetch_row
     for bump in range(_BUMPS + 1):
         rows = (kind == "fit") & (m >= n) & (n <= fetch_rows)
         kind[rows] = "rows"
+        for k in stats:  # the region's own rows: exact (an earlier fit's diagnostics no longer apply)
+            stats[k][rows] = 0.0
         pending = np.flatnonzero((kind == "fit") & ~np.isin(np.arange(len(n)), list(solved)))
         groups: dict[tuple, list[int]] = {}
         for r in pending:

@@ -27,7 +27,7 @@ from ._sql import comma, ident, literal
 
 COV_TYPES = ("nonrobust", "HC0", "HC1")
 _RANK_TOL = 1e-11        # smallest/largest eigenvalue of the unit-diagonal X'WX below this: collinear
-_SUM = "fsum"            # compensated sums: accurate, and the same result whatever the thread order
+_SUM = "sum"             # plain sums: 3x faster than fsum; run-to-run differences ~1e-15 relative (thread order)
 _SHIFT_ROWS = 1000       # rows read (not a pass) to find the centring shifts
 _EXTREME = 1e-10         # binomial fitted probabilities within this of 0 or 1 count as separated
 
@@ -77,7 +77,12 @@ class GLMResults:
         return self.design.response_name
 
     def cov_params(self) -> np.ndarray:
-        """Covariance of the coefficients (``cov_type``: model-based, or HC0/HC1 sandwich)."""
+        """Covariance of the coefficients: ``scale * (X'WX)^-1``, or the HC0/HC1 sandwich.
+
+        HC0 counts each row F times (equal to statsmodels' HC0 on the rows repeated F times);
+        HC1 multiplies HC0 by ``nobs / (nobs - k)`` as OLS does (statsmodels' GLM HC1 omits
+        that factor and equals its HC0).
+        """
         return self._cov
 
     @cached_property
@@ -496,7 +501,7 @@ def glm(con: duckdb.DuckDBPyConnection, source: Any, formula: str, family: str =
     >>> _ = con.execute("CREATE TABLE t AS SELECT i::DOUBLE AS x, 2 * i + (i % 3) AS y FROM range(100) r(i)")
     >>> res = duckquash.glm(con, "t", "y ~ x")
     >>> [round(float(b), 3) for b in res.params]
-    [0.97, 2.0]
+    [0.98, 2.0]
     """
     family = fam.check_family(family)
     if cov_type not in COV_TYPES:
