@@ -64,6 +64,8 @@ def child(phase: str, args: argparse.Namespace) -> dict:
     con = duckdb.connect(db)
     con.execute("SET memory_limit = '1GB'")
     con.execute(f"SET temp_directory = '{os.path.join(args.data, 'spill')}'")
+    if args.threads:
+        con.execute(f"SET threads = {int(args.threads)}")
     out: dict = {}
     if phase == "plain":
         sql = (f"SELECT a1, a2, y, count(*), {', '.join(f'sum({c})' for c in QUANT)} "
@@ -112,13 +114,14 @@ def main() -> None:
     ap.add_argument("--data", default="/tmp/duckquash-scale")
     ap.add_argument("--phases", default="plain,materialize,refresh,many")
     ap.add_argument("--batch", type=int, default=0, help="which 1M-row batch the refresh phase folds in")
+    ap.add_argument("--threads", type=int, default=0, help="DuckDB threads (0: default); 1 lets 100k+ regions fit 1GB")
     ap.add_argument("--child")
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args)))
         return
     argv = ["--rows", str(args.rows), "--files", str(args.files), "--many-rows", str(args.many_rows), "--data", args.data,
-            "--batch", str(args.batch)]
+            "--batch", str(args.batch), "--threads", str(args.threads)]
     t0 = time.perf_counter()
     make_files(args.data, args.rows, args.files)
     for b in range(args.batch + 1):  # 1M-row batches after the main rows
