@@ -509,25 +509,41 @@ def _ot_map(cov_from: np.ndarray, cov_to: np.ndarray) -> np.ndarray:
     return half @ inv_mid @ half
 
 
-def _exact_inside(y: np.ndarray, pi: np.ndarray, mean: np.ndarray, cov: np.ndarray, lo: np.ndarray,
-                  hi: np.ndarray, rounds: int = 50) -> np.ndarray | None:
-    """Points with weighted mean ``mean`` and covariance ``cov`` exactly, inside [lo, hi]; None if not found.
+def _exact_inside_batch(y: np.ndarray, pi: np.ndarray, mean: np.ndarray, cov: np.ndarray, lo: np.ndarray,
+                        hi: np.ndarray, rounds: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """Points (B, M, d) with weighted mean ``mean`` and covariance ``cov`` exactly, inside [lo, hi].
 
-    Alternates the least-displacement affine map with clipping to the box (as the generator does).
+    Alternates the least-displacement affine map with clipping to the box (as the generator
+    does), for a batch of regions at once. Returns the points and which regions succeeded.
     """
-    span = np.maximum(hi - lo, 1e-300)
+    span = np.maximum(hi - lo, 1e-300)[:, None, :]
+    lo3, hi3 = lo[:, None, :], hi[:, None, :]
+    vals, vecs = np.linalg.eigh(cov)
+    half = (vecs * np.sqrt(np.maximum(vals, 0.0))[:, None, :]) @ vecs.transpose(0, 2, 1)
+    done = np.zeros(len(y), dtype=bool)
+    bad = np.zeros(len(y), dtype=bool)
     for _ in range(rounds):
-        m = pi @ y
-        dev = y - m
-        c = (dev * pi[:, None]).T @ dev
-        if np.linalg.eigvalsh(c)[0] <= 1e-12 * max(np.trace(c), 1e-300):
-            return None
-        y = mean + dev @ _ot_map(c, cov).T
-        excess = np.max(np.maximum(y - hi, lo - y) / span)
-        if excess <= 1e-9:
-            return np.clip(y, lo, hi)
-        y = np.clip(y, lo, hi)
-    return None
+        todo = ~done & ~bad
+        if not todo.any():
+            break
+        yt, pt = y[todo], pi[todo]
+        m = np.einsum("bi,bij->bj", pt, yt)
+        dev = yt - m[:, None, :]
+        c = np.einsum("bi,bij,bik->bjk", pt, dev, dev)
+        cv = np.linalg.eigvalsh(c)
+        degenerate = cv[:, 0] <= 1e-12 * np.maximum(np.einsum("bjj->b", c), 1e-300)
+        h = half[todo]
+        mv, mvec = np.linalg.eigh(h @ c @ h)
+        inv_mid = (mvec / np.sqrt(np.maximum(mv, 1e-300))[:, None, :]) @ mvec.transpose(0, 2, 1)
+        amap = h @ inv_mid @ h
+        yn = mean[todo][:, None, :] + np.einsum("bjk,bik->bij", amap, dev)
+        excess = np.max(np.maximum(yn - hi3[todo], lo3[todo] - yn) / span[todo], axis=(1, 2))
+        fin = (excess <= 1e-9) & ~degenerate
+        idx = np.flatnonzero(todo)
+        y[idx] = np.clip(yn, lo3[todo], hi3[todo])  # final for the finished, the next start for the others
+        done[idx[fin]] = True
+        bad[idx[degenerate]] = True
+    return y, done
 
 
 def _update_in_place(con: duckdb.DuckDBPyConnection, names: _Names, plan: SquashPlan, moments, old: pa.Table,
@@ -565,6 +581,7 @@ def _update_in_place(con: duckdb.DuckDBPyConnection, names: _Names, plan: Squash
     s2 = {(j, k): np.nan_to_num(col(moment_col(tuple(int(i == j) + int(i == k) for i in range(q)))))
           for j in range(q) for k in range(q)}
     keep_rows, new_x, new_w = [], [], []
+    cands: dict[tuple, list] = {}  # (points, active variables) -> [(rows a:b, y, pi, n, mean, cov, lo, hi)]
     for r in range(len(n)):
         if np.isnan(old_id[r]) or int(old_id[r]) not in bounds:
             continue
@@ -573,32 +590,35 @@ def _update_in_place(con: duckdb.DuckDBPyConnection, names: _Names, plan: Squash
             continue
         a, b = bounds[int(old_id[r])]
         y, w = xs[a:b].copy(), w_all[a:b]
-        pi = w / w.sum()
         present = ~np.isnan(lo[r])
         if np.any(np.isnan(y[:, present])) or np.any(~np.isnan(y[:, ~present])):
             continue
-        mz = np.array([s1[j][r] / n[r] for j in range(q)])
-        ez = np.array([[s2[(j, k)][r] / n[r] for k in range(q)] for j in range(q)]) if q else np.empty((0, 0))
         act = np.flatnonzero(present & (hi[r] > lo[r]))
         const = np.flatnonzero(present & (hi[r] <= lo[r]))
         y[:, const] = lo[r][const]
-        if act.size:
-            cz = ez[np.ix_(act, act)] - np.outer(mz[act], mz[act])
-            cov_new = cz * np.outer(scale[act], scale[act])
-            mean_new = center[act] + scale[act] * mz[act]
-            ya = y[:, act]
-            mean_old = pi @ ya
-            dev = ya - mean_old
-            cov_old = (dev * pi[:, None]).T @ dev
-            if len(y) <= act.size or np.linalg.eigvalsh(cov_old)[0] <= 1e-12 * max(np.trace(cov_old), 1e-300):
-                continue
-            ya = _exact_inside(ya, pi, mean_new, cov_new, lo[r][act], hi[r][act])
-            if ya is None:
-                continue
-            y[:, act] = ya
-        keep_rows.append(np.arange(a, b))
-        new_x.append(y)
-        new_w.append(pi * n[r])
+        if len(y) <= act.size:
+            continue
+        mz = np.array([s1[j][r] / n[r] for j in act])
+        ez = np.array([[s2[(j, k)][r] / n[r] for k in act] for j in act]).reshape(act.size, act.size)
+        cov_new = (ez - np.outer(mz, mz)) * np.outer(scale[act], scale[act])
+        cands.setdefault((b - a, tuple(act)), []).append(
+            (a, b, y, w / w.sum(), n[r], center[act] + scale[act] * mz, cov_new, lo[r][act], hi[r][act]))
+    keep_rows, new_x, new_w = [], [], []
+    for (m, act), items in cands.items():
+        act = list(act)
+        pi = np.array([it[3] for it in items])
+        ys = np.array([it[2] for it in items])
+        ok = np.ones(len(items), dtype=bool)
+        if act:
+            ya, ok = _exact_inside_batch(ys[:, :, act], pi, np.array([it[5] for it in items]),
+                                         np.array([it[6] for it in items]), np.array([it[7] for it in items]),
+                                         np.array([it[8] for it in items]))
+            ys[:, :, act] = ya
+        for k in np.flatnonzero(ok):
+            a, b = items[k][0], items[k][1]
+            keep_rows.append(np.arange(a, b))
+            new_x.append(ys[k])
+            new_w.append(pi[k] * items[k][4])
     if not keep_rows:
         return empty, 0
     idx = np.concatenate(keep_rows)
