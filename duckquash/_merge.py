@@ -6,14 +6,16 @@ partial moment tables computed with :meth:`SquashPlan.moment_sql` (one query per
 machine or appended batch) then add up exactly: every power sum is a ``HUGEINT`` count of
 ``2**-bits`` units, counts are integers, minima/maxima are minima/maxima, and the few rows kept
 for tiny regions (``min([values], k)``, the k smallest value lists) merge as the k smallest of the
-union. So the merged table is bit-identical to the table of the union, whatever the split.
+union (a region of at most k rows keeps all its rows as a sorted list; larger regions keep
+none, and a region small in the union was small in every partition). So the merged table is bit-identical to the table of the union, whatever the split.
 
 Stored integer moment table columns (one row per region)::
 
     <categorical columns>, <binning key columns __dq_bin_j | __dq_miss, __dq_layer, __dq_pyr, __dq_pyr2>,
     __dq_n BIGINT, __dq_min_j DOUBLE, __dq_max_j DOUBLE,
     __dq_m_<e> HUGEINT (fixed point: value * 2**bits(e)) or DOUBLE (too wide for fixed point),
-    __dq_rows DOUBLE[][] (only when fetch_rows > 0: the k smallest value lists)
+    __dq_rows DOUBLE[][] (only when fetch_rows > 0: a region's value lists, sorted, when it has at
+                          most k = fetch_rows rows; NULL for larger regions)
 """
 from __future__ import annotations
 
@@ -31,8 +33,8 @@ import pyarrow as pa
 from ._binning import Binning, Extent, fit_binning
 from ._errors import InputError
 from ._generate import exact_row_limit, generate
-from ._moments import (N_COL, ROWS_COL, MomentTable, _fraction_bits, assign_regions, exponents, max_col,
-                       min_col, moment_col, moment_sql as _moment_sql)
+from ._moments import (N_COL, ROWS_COL, MomentTable, _fraction_bits, assign_regions, exponents, keyed_rows_sql,
+                       max_col, min_col, moment_col, moment_sql as _moment_sql)
 from ._source import Source, resolve
 from ._spec import SquashSpec
 from ._sql import comma, ident, literal
@@ -87,9 +89,33 @@ class SquashPlan:
             raise InputError("moment SQL for PostgreSQL is available for HypRect plans only")
         rows = rows and dialect == "duckdb"
         sql, _, _ = _moment_sql(Source(from_sql, {}, "partition"), self.binning, self.extent,
-                                self.spec.categorical, self.spec.degree, self.fetch_rows if rows else 0,
-                                integer_sums=True)
-        return sql.replace("::DOUBLE", "::DOUBLE PRECISION") if dialect == "postgres" else sql
+                                self.spec.categorical, self.spec.degree, 0, integer_sums=True)
+        if dialect == "postgres":
+            return sql.replace("::DOUBLE", "::DOUBLE PRECISION")
+        if not (rows and self.fetch_rows > 0 and self.binning.quantitative):
+            return sql
+        return self._with_rows(sql, from_sql)
+
+    def _with_rows(self, sql: str, from_sql: str) -> str:
+        """Add the rows of tiny regions: ``min([values], k)`` over regions of at most k rows, NULL elsewhere.
+
+        A second aggregate over only those regions' rows: a list state for every region would
+        not fit a 1GB memory limit with 100k+ regions. A region of the union has at most k rows
+        only if it has at most k in every partition, so merged lists stay exact where used.
+        """
+        keys = list(self.key_columns)
+        k = int(self.fetch_rows)
+        v = [f"__dq_v_{j}" for j in range(len(self.binning.quantitative))]
+        match = lambda a, b: " AND ".join(f"{a}.{ident(c)} IS NOT DISTINCT FROM {b}.{ident(c)}" for c in keys) or "TRUE"  # noqa: E731
+        small = f"SELECT {comma(ident(c) for c in keys)} FROM __dq_m WHERE {ident(N_COL)} <= {k}"
+        group = f" GROUP BY {comma(ident(c) for c in keys)}" if keys else ""
+        lists = (f"SELECT {comma([f's.{ident(c)}' for c in keys] + [f'min([{comma(v)}], {k}) AS {ident(ROWS_COL)}'])} "
+                 f"FROM ({keyed_rows_sql(from_sql, self.binning, self.spec.categorical)}) AS s "
+                 f"SEMI JOIN ({small}) AS t ON {match('s', 't')}"
+                 + (f" GROUP BY {comma(f's.{ident(c)}' for c in keys)}" if keys else ""))
+        order = comma(f"m.{ident(c)} NULLS FIRST" for c in keys)
+        return (f"WITH __dq_m AS ({sql}) SELECT m.*, l.{ident(ROWS_COL)} FROM __dq_m AS m "
+                f"LEFT JOIN ({lists}) AS l ON {match('m', 'l')}" + (f" ORDER BY {order}" if keys else ""))
 
     def to_json(self) -> str:
         return json.dumps({"version": PLAN_VERSION, "spec": self.spec.as_dict(), "binning": asdict(self.binning),
@@ -187,8 +213,8 @@ def merge_sql(plan: SquashPlan, from_items: Sequence[str], *, rows: bool = True)
         return merged
     lists = (f"SELECT {comma(keys + [f'min(__dq_r, {int(plan.fetch_rows)}) AS {ident(ROWS_COL)}'])} "
              f"FROM (SELECT {comma(keys + [f'unnest({ident(ROWS_COL)}) AS __dq_r'])} FROM ({union})) {group}")
-    return (f"SELECT m.*, l.{ident(ROWS_COL)} FROM ({merged}) m LEFT JOIN ({lists}) l "
-            f"ON {_key_match('m', 'l', plan.key_columns)}")
+    return (f"SELECT m.*, CASE WHEN m.{ident(N_COL)} <= {int(plan.fetch_rows)} THEN l.{ident(ROWS_COL)} END "
+            f"AS {ident(ROWS_COL)} FROM ({merged}) m LEFT JOIN ({lists}) l ON {_key_match('m', 'l', plan.key_columns)}")
 
 
 def double_sql(plan: SquashPlan, from_item: str, *, rows: bool = True, extra: Sequence[str] = ()) -> str:
