@@ -500,15 +500,6 @@ def _warm_starts(con: duckdb.DuckDBPyConnection, plan: SquashPlan, src: Source, 
     return pa.concat_tables([old, new.cast(old.schema)])
 
 
-def _ot_map(cov_from: np.ndarray, cov_to: np.ndarray) -> np.ndarray:
-    """Least-displacement linear map taking covariance ``cov_from`` to ``cov_to`` (Gaussian OT map)."""
-    vals, vecs = np.linalg.eigh(cov_to)
-    half = (vecs * np.sqrt(np.maximum(vals, 0.0))) @ vecs.T
-    vals, vecs = np.linalg.eigh(half @ cov_from @ half)
-    inv_mid = (vecs / np.sqrt(vals)) @ vecs.T
-    return half @ inv_mid @ half
-
-
 def _exact_inside_batch(y: np.ndarray, pi: np.ndarray, mean: np.ndarray, cov: np.ndarray, lo: np.ndarray,
                         hi: np.ndarray, rounds: int = 50) -> tuple[np.ndarray, np.ndarray]:
     """Points (B, M, d) with weighted mean ``mean`` and covariance ``cov`` exactly, inside [lo, hi].
