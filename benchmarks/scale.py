@@ -12,9 +12,10 @@ written as ``--files`` Parquet files. Every phase runs in its own process (peak 
 3. refresh: a later process folds 1M new rows into the view;
 4. many regions: the first ``--many-rows`` rows with bins=6 (100k+ regions): generate time per region.
 
-Measured (2 cores shared with other jobs, load 6-14; see the report in the commit log):
-  20M rows: plain scan 2.0 s; materialize 669 s (momentize 100 s, generate 561 s), peak RSS 444 MiB;
-  refresh of 1M rows 10.6 s (5,690 of 5,826 changed regions updated in closed form), RSS 564 MiB.
+Measured (2 cores shared with other jobs):
+  20M rows: plain scan 0.8 s; materialize 121.7 s = 149x (group 3.7 s, momentize 23.9 s, generate
+  93.8 s), peak RSS 427 MiB; refresh of 1M rows 7.4 s = 6.0% of it (5,564 of 5,827 changed regions
+  updated in closed form, 263 re-solved), peak RSS 543 MiB. (An earlier run at load ~14: 669 s.)
   Many regions, 5M rows, bins=6, --threads 1: R=169,181, generate 1.87 ms/region, RSS 1,546 MiB
   (with 2 DuckDB threads the moment GROUP BY runs out of memory under memory_limit='1GB').
 """
