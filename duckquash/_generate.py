@@ -593,7 +593,7 @@ def _generate(moments: MomentTable, binning: Binning, spec: SquashSpec, fetch_ro
     stats = {k: np.zeros(len(n)) for k in ("resid2", "resid_high", "bound_excess")}
     restarts = np.zeros(len(n), dtype=np.int64)
     solved: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # region -> (points (m, q), weights)
-    for _ in range(_BUMPS + 1):
+    for bump in range(_BUMPS + 1):
         rows = (kind == "fit") & (m >= n) & (n <= fetch_rows)
         kind[rows] = "rows"
         for k in stats:  # the region's own rows: exact (an earlier fit's diagnostics no longer apply)
@@ -611,7 +611,7 @@ def _generate(moments: MomentTable, binning: Binning, spec: SquashSpec, fetch_ro
             for i, r in enumerate(idx):
                 solved[int(r)] = (x[i], w[i])
         retry = [r for r in solved if stats["resid2"][r] > _EXACT_TOL and m[r] < n[r]]
-        if not retry:
+        if not retry or bump == _BUMPS:  # the last round keeps its fits (else their points were lost)
             break
         for r in retry:
             del solved[r]

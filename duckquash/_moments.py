@@ -98,12 +98,18 @@ def keyed_rows_sql(from_sql: str, binning: Binning, categorical: tuple[str, ...]
     stage1 = comma(cats + [f"{binning.value_sql(j)} AS {v[j]}" for j in range(q)])
     stage2 = comma(cats + v + [f"{binning.z_sql(j, v[j])} AS {z[j]}" for j in range(q)])
     stage3 = comma(cats + v + z + [f"{expr} AS {k}" for expr, k in zip(binning.key_sql(v, z), keys)])
-    return f"SELECT {stage3} FROM (SELECT {stage2} FROM (SELECT {stage1} FROM {from_sql}))"
+    # aliased subqueries: plain SQL that PostgreSQL (< 16) accepts too
+    return f"SELECT {stage3} FROM (SELECT {stage2} FROM (SELECT {stage1} FROM {from_sql}) AS __dq_s1) AS __dq_s2"
 
 
 def moment_sql(src: Source, binning: Binning, extent: Extent, categorical: tuple[str, ...],
-               degree: int, fetch_rows: int) -> tuple[str, list[tuple[int, ...]], bool]:
-    """The moment query; returns (sql, exponents, all sums fixed-point)."""
+               degree: int, fetch_rows: int, integer_sums: bool = False) -> tuple[str, list[tuple[int, ...]], bool]:
+    """The moment query; returns (sql, exponents, all sums fixed-point).
+
+    ``integer_sums``: leave each fixed-point sum as its exact HUGEINT total (scaled by
+    ``2**fraction_bits``) instead of converting it to DOUBLE, so partial tables add exactly
+    (materialised views and partition merges, see ``_merge.py``).
+    """
     q = len(binning.quantitative)
     cats = [ident(c) for c in categorical]
     v, z = _value_names(q)
@@ -121,12 +127,13 @@ def moment_sql(src: Source, binning: Binning, extent: Extent, categorical: tuple
             aggs.append(f"sum({term}) AS {moment_col(e)}")
         else:
             scale, unscale = literal(float(2.0 ** bits)), literal(float(2.0 ** -bits))
-            aggs.append(f"sum(({term} * {scale})::BIGINT)::DOUBLE * {unscale} AS {moment_col(e)}")
+            total = f"sum(({term} * {scale})::BIGINT)"
+            aggs.append(f"{total} AS {moment_col(e)}" if integer_sums else f"{total}::DOUBLE * {unscale} AS {moment_col(e)}")
     if fetch_rows > 0 and q:
         aggs.append(f"min([{comma(v)}], {int(fetch_rows)}) AS {ROWS_COL}")
     group = comma(cats + keys)
     sql = (f"SELECT {comma(cats + keys + aggs)}\n"
-           f"FROM ({keyed_rows_sql(src.sql, binning, categorical)})\n"
+           f"FROM ({keyed_rows_sql(src.sql, binning, categorical)}) AS __dq_keyed\n"
            + (f"GROUP BY {group}\nORDER BY {comma(c + ' NULLS FIRST' for c in cats + keys)}" if group else ""))
     return sql, exps, exact
 

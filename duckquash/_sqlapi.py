@@ -22,6 +22,7 @@ from ._errors import SourceNotFoundError
 from ._lds import LdsSpec, squash_lds_to_arrow
 from ._spec import SquashSpec
 from ._squash import squash_to_arrow
+from ._views import install_sql as install_views  # squash_refresh(...): materialised views
 from ._writeback import write_file
 
 _UDF = "__dq_squash_file"
@@ -72,13 +73,15 @@ def install(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
     con.create_function(_UDF, run, [VARCHAR, names, names, VARCHAR, DOUBLE, VARCHAR, BIGINT, INTEGER, INTEGER,
                                     VARCHAR, VARCHAR, BIGINT, INTEGER, VARCHAR], VARCHAR)
     con.execute(_macro_sql().replace("{udf}", _UDF))
+    udfs = [_UDF, install_views(con, owner_ref)]
 
     def cleanup(ref=owner_ref) -> None:
         shutil.rmtree(folder, ignore_errors=True)
         owner = ref()
         if owner is not None:
             try:
-                owner.remove_function(_UDF)
+                for udf in udfs:
+                    owner.remove_function(udf)
             except Exception:  # connection already closed
                 pass
 

@@ -59,6 +59,28 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--weight", default="weight", help="weight column of the reduced tables")
     ev.add_argument("--plot", help="write a PNG of the standardised errors per coefficient")
     ev.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    ma = sub.add_parser("materialize", help="squash INPUT into a refreshable view db.duckdb:name",
+                        description="Squash INPUT (file, glob, or db.duckdb:table in the same database) into the "
+                                    "materialised view VIEW (db.duckdb:name) that 'duckquash refresh' can extend.")
+    ma.add_argument("input")
+    ma.add_argument("view")
+    for a in ("--categorical", "--quantitative"):
+        ma.add_argument(a, default="")
+    ma.add_argument("--method", default="hyprect", choices=["hyprect", "datasphere"])
+    ma.add_argument("--alpha", type=float, default=1.0)
+    ma.add_argument("--bins", type=int, default=3)
+    ma.add_argument("--layers", type=int, default=3)
+    ma.add_argument("--seed", type=int, default=0)
+    ma.add_argument("--weight", default="weight")
+    ma.add_argument("--replace", action="store_true", help="rebuild an existing view")
+    re_ = sub.add_parser("refresh", help="fold new rows into a materialised view db.duckdb:name",
+                         description="Fold NEW_ROWS (file, glob, table of the same database, or db.duckdb:table) "
+                                     "into the view VIEW (db.duckdb:name); only regions with new rows are re-solved.")
+    re_.add_argument("view")
+    re_.add_argument("new_rows")
+    re_.add_argument("--batch-id", default=None, help="name of the batch; a batch is never folded in twice")
+    re_.add_argument("--rebin", action="store_true", help="rebuild the binning from all recorded sources")
+    re_.add_argument("--quiet", action="store_true")
     demo = sub.add_parser("demo", help="squash simulated data and compare model fits (no data needed)")
     demo.add_argument("--rows", type=int, default=1_000_000)
     return ap
@@ -127,6 +149,49 @@ def _evaluate(args: argparse.Namespace) -> None:
     ev = evaluate(con, strip(args.full), {k: strip(v) for k, v in reduced.items()}, args.formula, args.family,
                   plot=args.plot, weight=args.weight)
     print(ev.to_markdown() if args.markdown else str(ev))
+def _view_con(view: str) -> tuple[duckdb.DuckDBPyConnection, str]:
+    target = _split_db(view)
+    if target is None:
+        raise DuckquashError(f"a view must be given as db.duckdb:name, got {view!r}")
+    return duckdb.connect(target[0]), target[1]
+
+
+def _local_source(con_db: str, arg: str) -> str:
+    """``same.duckdb:table`` -> ``table``; other inputs are passed on (files, globs, table names)."""
+    src = _split_db(arg)
+    if src is None:
+        return arg
+    if os.path.abspath(src[0]) != os.path.abspath(con_db):
+        raise DuckquashError(f"{arg!r} is in another database than the view; export it to Parquet first")
+    return src[1]
+
+
+def _materialize(args: argparse.Namespace) -> None:
+    from ._views import materialize
+
+    con, name = _view_con(args.view)
+    try:
+        res = materialize(con, name, _local_source(_split_db(args.view)[0], args.input),
+                          categorical=args.categorical, quantitative=args.quantitative, method=args.method,
+                          alpha=args.alpha, bins=args.bins, layers=args.layers, seed=args.seed,
+                          weight=args.weight, replace=args.replace)
+    finally:
+        con.close()
+    print(f"materialised {args.view}: {res.n_rows:,} rows -> {res.n_points:,} points in {res.n_regions:,} regions",
+          file=sys.stderr)
+
+
+def _refresh(args: argparse.Namespace) -> None:
+    from ._views import refresh
+
+    con, name = _view_con(args.view)
+    try:
+        rep = refresh(con, name, _local_source(_split_db(args.view)[0], args.new_rows),
+                      batch_id=args.batch_id, rebin=args.rebin)
+    finally:
+        con.close()
+    if not args.quiet:
+        print(rep.summary(), file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
             _squash(args)
         elif args.command == "evaluate":
             _evaluate(args)
+        elif args.command == "materialize":
+            _materialize(args)
+        elif args.command == "refresh":
+            _refresh(args)
         else:
             from ._demo import run_demo
 
