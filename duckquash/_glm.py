@@ -167,6 +167,8 @@ class GLMResults:
                  f"converged={self.converged}  iterations={self.n_iter}  SQL passes={self.n_passes}"]
         if self.weight:
             lines.append(f"frequency weights: column {self.weight!r}{self.weight_note}")
+        elif self.weight_note:
+            lines.append(self.weight_note)
         ci = self.conf_int()
         w = max([len(n) for n in self.exog_names] + [9])
         lines.append("")
@@ -493,6 +495,11 @@ def glm(con: duckdb.DuckDBPyConnection, source: Any, formula: str, family: str =
     cov_type : ``"nonrobust"``, ``"HC0"`` or ``"HC1"``.
     levels : names usable in the formula, e.g. ``{"lnames": [0, 1, 2]}``.
 
+    A Gaussian fit (no weight, nonrobust) on a materialised view (:func:`duckquash.materialize`)
+    whose formula needs only moments the view stores is answered exactly from them, without
+    reading rows (:func:`duckquash.glm_from_moments`; the summary says so); other formulas fit
+    the view's weighted points.
+
     Returns
     -------
     GLMResults
@@ -509,6 +516,14 @@ def glm(con: duckdb.DuckDBPyConnection, source: Any, formula: str, family: str =
     family = fam.check_family(family)
     if cov_type not in COV_TYPES:
         raise InputError(f"cov_type must be one of {list(COV_TYPES)}, got {cov_type!r}")
+    if family == "gaussian" and cov_type == "nonrobust" and weight is None and levels is None:
+        from ._views import NotFromMoments, glm_from_moments, is_view
+
+        if is_view(con, source):
+            try:
+                return glm_from_moments(con, source, formula)
+            except NotFromMoments:
+                pass
     src = resolve(con, source)
     try:
         design = build_design(con, src.sql, formula, levels=levels, columns=src.columns)

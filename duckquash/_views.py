@@ -826,5 +826,5 @@ def glm_from_moments(con: duckdb.DuckDBPyConnection, name: str | Sequence[str], 
                       llf=gaussian_llf(rss, nobs) if rss > 0 else float("inf"), deviance=rss, nobs=nobs,
                       n_rows=int(round(nobs)), n_dropped=n_all - int(round(nobs)), df_resid=float(df_resid),
                       df_model=float(k - 1), converged=True, n_iter=0,
-                      weight_note=f" (none: answered exactly from the stored moments of view {names.label!r}; "
-                                  "no source rows read)", n_passes=0)
+                      weight_note=f"answered exactly from the stored moments of view {names.label!r}; "
+                                  "no source rows read", n_passes=0)

@@ -259,6 +259,13 @@ def test_linear_model_answered_exactly_from_moments(vcon, data):
         _views.glm_from_moments(con, "v", "x1 ~ np.log(x2)")
     with pytest.raises(_views.NotFromMoments, match="not polynomials"):
         _views.glm_from_moments(con, "v", "x1 ~ I(x2**3)")
+    # the public glm answers from the moments when it can, and says so; else it fits the points
+    res = duckquash.glm(con, "v", "x1 ~ x2 + x3 + C(a1) + defected")
+    assert res.n_passes == 0 and "from the stored moments" in res.summary()
+    ref = smf.ols("x1 ~ x2 + x3 + C(a1) + defected", data).fit().params
+    assert res.params == pytest.approx(ref[res.exog_names].values, rel=1e-8)
+    res = duckquash.glm(con, "v", "x1 ~ np.log(x2)")
+    assert res.n_passes >= 1 and res.weight == "weight" and res.nobs == pytest.approx(N)
 
 
 def test_small_batch_updates_regions_in_closed_form(vcon, data):
