@@ -28,6 +28,12 @@ N_COL = "__dq_n"
 ROWS_COL = "__dq_rows"
 _HEADROOM_BITS = 60  # every scaled term is below 2**60 in magnitude
 _MIN_FRACTION_BITS = 30  # fixed point needs at least 2**-30 resolution, else DOUBLE sums
+# At most 2**-40 resolution (1e-12 in standardised units, far below any fitting tolerance). Larger
+# terms cost speed, not accuracy: DuckDB adds a BIGINT to its HUGEINT sum with a branch that is
+# mispredicted whenever the low 64-bit word wraps, which terms near 2**60 make happen every few
+# dozen rows. Measured on 5M rows, 125 sums over 12 groups: 5.4 s CPU with terms near 2**60,
+# 2.7 s with this cap.
+_MAX_FRACTION_BITS = 40
 
 
 def exponents(q: int, degree: int) -> list[tuple[int, ...]]:
@@ -78,7 +84,7 @@ def _fraction_bits(binning: Binning, extent: Extent, e: tuple[int, ...]) -> int 
             continue
         b = max(abs(lo - binning.center[j]), abs(hi - binning.center[j])) / binning.scale[j]
         log_bound += p * math.log2(max(b * (1 + 1e-9), 1.0) + 1e-12)
-    bits = int(math.floor(_HEADROOM_BITS - log_bound - 1))
+    bits = min(int(math.floor(_HEADROOM_BITS - log_bound - 1)), _MAX_FRACTION_BITS)
     return bits if bits >= _MIN_FRACTION_BITS else None
 
 
