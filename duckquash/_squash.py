@@ -115,7 +115,7 @@ def squash_to_arrow(con: duckdb.DuckDBPyConnection, source: object, spec: Squash
     try:
         src.check_columns(spec.columns, spec.quantitative)
         t0 = time.perf_counter()
-        with progress_bar(con, "group", show_progress):
+        with progress_bar(con, "group", show_progress, scan_share=1 / 2):  # scan -> top-k -> result
             binning, extent, sample = fit_binning(con, src, spec)
         timings["group"] = time.perf_counter() - t0
         refusal = predict_no_shrink(sample, spec.categorical, extent.n_rows)
@@ -123,13 +123,14 @@ def squash_to_arrow(con: duckdb.DuckDBPyConnection, source: object, spec: Squash
             raise InputError(f"squashing would not shrink {src.label}: {refusal}")
         fetch_rows = exact_row_limit(spec.alpha, len(spec.quantitative)) if spec.alpha > 0 else 0
         t0 = time.perf_counter()
-        with progress_bar(con, "momentize", show_progress):
+        with progress_bar(con, "momentize", show_progress, scan_share=1 / 3):  # scan -> GROUP BY -> ORDER BY
             moments = momentize(con, src, binning, extent, spec.categorical, spec.degree, fetch_rows)
         timings["momentize"] = time.perf_counter() - t0
     finally:
         src.close()
     t0 = time.perf_counter()
-    out = generate(moments, binning, spec, fetch_rows, assign_regions(con, binning, moments, sample))
+    with progress_bar(None, "generate", show_progress):
+        out = generate(moments, binning, spec, fetch_rows, assign_regions(con, binning, moments, sample))
     timings["generate"] = time.perf_counter() - t0
     n, m = extent.n_rows, out.table.num_rows
     if m >= n:
