@@ -89,9 +89,12 @@ def predict_no_shrink(sample: pa.Table, categorical: tuple[str, ...], n_rows: in
     if not categorical or sample.num_rows == 0:
         return None
     cats = list(categorical)
-    counts = sample.group_by(cats).aggregate([([], "count_all")]).column("count_all").to_numpy()
+    try:
+        counts = sample.group_by(cats).aggregate([([], "count_all")]).column("count_all").to_numpy()
+        levels = {c: len(sample.column(c).unique()) for c in cats}
+    except (pa.ArrowNotImplementedError, pa.ArrowTypeError):  # e.g. nested types: leave it to the exact check
+        return None
     seen, f1, f2 = len(counts), int(np.sum(counts == 1)), int(np.sum(counts == 2))
-    levels = {c: len(sample.column(c).unique()) for c in cats}
     if sample.num_rows >= n_rows:
         if seen < n_rows:
             return None
