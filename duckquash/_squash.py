@@ -30,6 +30,7 @@ class SquashReport:
     regions: pa.Table  # one row per region: keys, n_rows, n_points, n_vars, kind, residuals, restarts
     moments: MomentTable
     binning: Binning
+    cpu_timings: dict[str, float] = field(default_factory=dict)  # process CPU seconds per stage
 
     @property
     def max_resid_deg2(self) -> float:
@@ -114,27 +115,31 @@ def squash_to_arrow(con: duckdb.DuckDBPyConnection, source: object, spec: Squash
                     show_progress: bool = False) -> tuple[pa.Table, SquashReport]:
     """Run Group, Momentize and Generate; nothing is written."""
     timings: dict[str, float] = {}
+    cpu: dict[str, float] = {}  # process CPU seconds (all threads): steadier than wall time on a shared machine
     src = resolve(con, source)
     try:
         src.check_columns(spec.columns, spec.quantitative)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with progress_bar(con, "group", show_progress, scan_share=1 / 2):  # scan -> top-k -> result
             binning, extent, sample = fit_binning(con, src, spec)
         timings["group"] = time.perf_counter() - t0
+        cpu["group"] = time.process_time() - c0
         refusal = predict_no_shrink(sample, spec.categorical, extent.n_rows)
         if refusal:
             raise InputError(f"squashing would not shrink {src.label}: {refusal}")
         fetch_rows = exact_row_limit(spec.alpha, len(spec.quantitative)) if spec.alpha > 0 else 0
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with progress_bar(con, "momentize", show_progress, scan_share=1 / 3):  # scan -> GROUP BY -> ORDER BY
             moments = momentize(con, src, binning, extent, spec.categorical, spec.degree, fetch_rows)
         timings["momentize"] = time.perf_counter() - t0
+        cpu["momentize"] = time.process_time() - c0
     finally:
         src.close()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with progress_bar(None, "generate", show_progress):
         out = generate(moments, binning, spec, fetch_rows, assign_regions(con, binning, moments, sample))
     timings["generate"] = time.perf_counter() - t0
+    cpu["generate"] = time.process_time() - c0
     n, m = extent.n_rows, out.table.num_rows
     if m >= n:
         levels = {c: len(set(moments.table.column(c).to_pylist())) for c in spec.categorical}
@@ -142,7 +147,7 @@ def squash_to_arrow(con: duckdb.DuckDBPyConnection, source: object, spec: Squash
             f"squashing would not shrink {src.label}: {m:,} pseudo-points for {n:,} rows in "
             f"{moments.n_regions:,} regions (levels per categorical column: {levels}); "
             "drop or coarsen high-cardinality categorical columns, or lower alpha/bins")
-    report = SquashReport(spec.as_dict(), timings, out.regions, moments, binning)
+    report = SquashReport(spec.as_dict(), timings, out.regions, moments, binning, cpu)
     return out.table, report
 
 
