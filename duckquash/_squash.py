@@ -30,6 +30,7 @@ class SquashReport:
     regions: pa.Table  # one row per region: keys, n_rows, n_points, n_vars, kind, residuals, restarts
     moments: MomentTable
     binning: Binning
+    cpu_timings: dict[str, float] = field(default_factory=dict)  # process CPU seconds per stage
 
     @property
     def max_resid_deg2(self) -> float:
@@ -76,27 +77,69 @@ class SquashResult:
         return f"squashed into {self.table!r}\n" + self.report.summary()
 
 
+def predict_no_shrink(sample: pa.Table, categorical: tuple[str, ...], n_rows: int) -> str | None:
+    """Why the output could not be smaller than the input, judged from the sample before the moment pass.
+
+    Every distinct combination of categorical values needs at least one pseudo-point, so
+    M >= C (combinations). When the sample holds every row, C is exact and C >= N refuses.
+    Otherwise C is estimated from the sample (bias-corrected Chao1: D + f1(f1-1)/(2(f2+1)) with
+    D combinations seen, f1 seen once, f2 seen twice) and refuses only when the estimate is at
+    least 2N, i.e. for near-unique keys; borderline cases are left to the exact check after
+    Generate. Returns None when no early refusal is due.
+    """
+    if not categorical or sample.num_rows == 0:
+        return None
+    cats = list(categorical)
+    try:
+        counts = sample.group_by(cats).aggregate([([], "count_all")]).column("count_all").to_numpy()
+        levels = {c: len(sample.column(c).unique()) for c in cats}
+    except (pa.ArrowNotImplementedError, pa.ArrowTypeError):  # e.g. nested types: leave it to the exact check
+        return None
+    seen, f1, f2 = len(counts), int(np.sum(counts == 1)), int(np.sum(counts == 2))
+    if sample.num_rows >= n_rows:
+        if seen < n_rows:
+            return None
+        return (f"its {n_rows:,} rows hold {seen:,} distinct combinations of the categorical columns "
+                f"(levels per column: {levels}); every combination needs at least one pseudo-point. "
+                "Drop or coarsen high-cardinality categorical columns")
+    estimate = seen + f1 * (f1 - 1) / (2 * (f2 + 1))
+    if estimate < 2 * n_rows:
+        return None
+    return (f"its {n_rows:,} rows hold an estimated {estimate:,.0f} distinct combinations of the categorical "
+            f"columns (a {sample.num_rows:,}-row sample had {seen:,}, {f1:,} of them once; levels per "
+            f"column in the sample: {levels}); every combination needs at least one pseudo-point. "
+            "Drop or coarsen high-cardinality categorical columns")
+
+
 def squash_to_arrow(con: duckdb.DuckDBPyConnection, source: object, spec: SquashSpec,
                     show_progress: bool = False) -> tuple[pa.Table, SquashReport]:
     """Run Group, Momentize and Generate; nothing is written."""
     timings: dict[str, float] = {}
+    cpu: dict[str, float] = {}  # process CPU seconds (all threads): steadier than wall time on a shared machine
     src = resolve(con, source)
     try:
         src.check_columns(spec.columns, spec.quantitative)
-        t0 = time.perf_counter()
-        with progress_bar(con, "group", show_progress):
+        t0, c0 = time.perf_counter(), time.process_time()
+        with progress_bar(con, "group", show_progress, scan_share=1 / 2):  # scan -> top-k -> result
             binning, extent, sample = fit_binning(con, src, spec)
         timings["group"] = time.perf_counter() - t0
+        cpu["group"] = time.process_time() - c0
+        refusal = predict_no_shrink(sample, spec.categorical, extent.n_rows)
+        if refusal:
+            raise InputError(f"squashing would not shrink {src.label}: {refusal}")
         fetch_rows = exact_row_limit(spec.alpha, len(spec.quantitative)) if spec.alpha > 0 else 0
-        t0 = time.perf_counter()
-        with progress_bar(con, "momentize", show_progress):
+        t0, c0 = time.perf_counter(), time.process_time()
+        with progress_bar(con, "momentize", show_progress, scan_share=1 / 3):  # scan -> GROUP BY -> ORDER BY
             moments = momentize(con, src, binning, extent, spec.categorical, spec.degree, fetch_rows)
         timings["momentize"] = time.perf_counter() - t0
+        cpu["momentize"] = time.process_time() - c0
     finally:
         src.close()
-    t0 = time.perf_counter()
-    out = generate(moments, binning, spec, fetch_rows, assign_regions(con, binning, moments, sample))
+    t0, c0 = time.perf_counter(), time.process_time()
+    with progress_bar(None, "generate", show_progress):
+        out = generate(moments, binning, spec, fetch_rows, assign_regions(con, binning, moments, sample))
     timings["generate"] = time.perf_counter() - t0
+    cpu["generate"] = time.process_time() - c0
     n, m = extent.n_rows, out.table.num_rows
     if m >= n:
         levels = {c: len(set(moments.table.column(c).to_pylist())) for c in spec.categorical}
@@ -104,7 +147,7 @@ def squash_to_arrow(con: duckdb.DuckDBPyConnection, source: object, spec: Squash
             f"squashing would not shrink {src.label}: {m:,} pseudo-points for {n:,} rows in "
             f"{moments.n_regions:,} regions (levels per categorical column: {levels}); "
             "drop or coarsen high-cardinality categorical columns, or lower alpha/bins")
-    report = SquashReport(spec.as_dict(), timings, out.regions, moments, binning)
+    report = SquashReport(spec.as_dict(), timings, out.regions, moments, binning, cpu)
     return out.table, report
 
 

@@ -65,3 +65,44 @@ def test_reserved_and_clashing_weight_names(small):
         duckquash.squash(small, "small", categorical=["__dq_x"], into="out")
     with pytest.raises(duckquash.InputError, match="weight column name"):
         duckquash.squash(small, "small", categorical=["a1"], quantitative=["x1"], weight="x1", into="out")
+
+
+@pytest.mark.parametrize("sample_size", [100_000, 500], ids=["exact", "estimated"])
+def test_high_cardinality_refused_before_moment_pass(small, monkeypatch, sample_size):
+    """A near-unique categorical key is refused from the sample, before the moment pass runs."""
+    import duckquash._squash as pipeline
+
+    def no_moment_pass(*args, **kwargs):
+        raise AssertionError("the moment pass ran")
+
+    monkeypatch.setattr(pipeline, "momentize", no_moment_pass)
+    small.execute("ALTER TABLE small ADD COLUMN id BIGINT")
+    small.execute("UPDATE small SET id = rowid")
+    with pytest.raises(duckquash.InputError, match=r"would not shrink .*5,000 rows hold .*distinct combinations"):
+        duckquash.squash(small, "small", categorical=["id"], quantitative=["x1"], into="out", sample_size=sample_size)
+    assert tables(small) == ["small"]
+
+
+def test_pairs_not_refused_early(small):
+    """Each id value twice (C = N/2): the sample estimate is below 2N, so no early refusal."""
+    from duckquash._binning import fit_binning
+    from duckquash._source import resolve
+    from duckquash._spec import SquashSpec
+    from duckquash._squash import predict_no_shrink
+
+    small.execute("ALTER TABLE small ADD COLUMN id BIGINT")
+    small.execute("UPDATE small SET id = rowid // 2")
+    spec = SquashSpec(("id",), ("x1",), sample_size=1000)
+    _, extent, sample = fit_binning(small, resolve(small, "small"), spec)
+    assert sample.num_rows == 1000 and extent.n_rows == 5000
+    assert predict_no_shrink(sample, spec.categorical, extent.n_rows) is None
+    assert predict_no_shrink(sample.slice(0, 0), spec.categorical, extent.n_rows) is None
+
+
+def test_no_shrink_backstop_after_generate(small):
+    """C = N/2 passes the early check; fine bins then split the pairs, and the exact check refuses."""
+    small.execute("ALTER TABLE small ADD COLUMN id BIGINT")
+    small.execute("UPDATE small SET id = rowid // 2")
+    with pytest.raises(duckquash.InputError, match=r"would not shrink .*pseudo-points for 5,000 rows"):
+        duckquash.squash(small, "small", categorical=["id"], quantitative=["x1"], into="out", bins=200)
+    assert tables(small) == ["small"]

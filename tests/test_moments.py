@@ -29,3 +29,20 @@ def test_sql_moments_match_numpy(small, small_df):
         for e in mt.exps:
             want = np.sum(np.prod(z[mask] ** np.array(e), axis=1))
             assert abs(row[moment_col(e)] - want) <= 1e-9 * max(1.0, abs(want)), e
+
+
+def test_small_region_rows_match_in_pass_top_k(small):
+    """The second pass for small regions returns exactly the rows the in-pass top-k list gave."""
+    from duckquash._moments import ROWS_COL, moment_sql
+
+    spec = SquashSpec(("a1", "a2"), ("x1", "x2", "x3", "x4", "x5"), "hyprect", 1.0, bins=3)
+    src = resolve(small, "small")
+    binning, extent, _ = fit_binning(small, src, spec)
+    in_pass = small.sql(moment_sql(src, binning, extent, spec.categorical, 4, 12)[0]).to_arrow_table()
+    table = momentize(small, src, binning, extent, spec.categorical, 4, 12).table
+    n = table.column(N_COL).to_numpy()
+    assert 0 < (n <= 12).sum() < len(n)
+    want, got = in_pass.column(ROWS_COL).to_pylist(), table.column(ROWS_COL).to_pylist()
+    for i in range(len(n)):
+        assert got[i] == (want[i] if n[i] <= 12 else None)
+    assert table.drop([ROWS_COL]).equals(in_pass.drop([ROWS_COL]))
