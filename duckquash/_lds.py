@@ -52,7 +52,7 @@ import pyarrow as pa
 
 from ._errors import InputError
 from ._source import Source, is_numeric, resolve
-from ._sql import comma, ident, literal, qualified
+from ._sql import comma, ident, literal
 
 INITS = ("sample", "step", "mle")
 FAMILIES = ("binomial", "poisson", "gaussian")
@@ -486,6 +486,11 @@ class LdsReport:
     iterations: tuple[LdsIteration, ...]
     exog_names: tuple[str, ...]
 
+    @property
+    def n_regions(self) -> int:
+        """One pseudo-point per cluster: the clusters are the regions."""
+        return self.n_points
+
     def summary(self) -> str:
         lines = [f"rows N        {self.n_rows:,}",
                  f"points M      {self.n_points:,}   (reduction {self.n_rows / max(self.n_points, 1):,.1f}x; "
@@ -630,23 +635,12 @@ def _with_change(it: LdsIteration, change: float) -> LdsIteration:
     return replace(it, change_se=change)
 
 
-def squash_lds(con: duckdb.DuckDBPyConnection, source: object, *, into=None, replace: bool = False,
-               progress: bool = False, weight: str = "weight", seed: int = 0, **options):
-    """``duckquash.squash(..., method="lds", formula=..., size=...)``: see :class:`LdsSpec` for options."""
-    from ._squash import SquashResult
-    from ._writeback import check_table_target, table_name, write_table
-
+def lds_spec(weight: str = "weight", seed: int = 0, **options) -> LdsSpec:
+    """The validated :class:`LdsSpec` for ``duckquash.squash(..., method="lds", formula=..., size=...)``."""
     allowed = set(LdsSpec.__dataclass_fields__) - {"weight", "seed"}
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise InputError(f"unknown option(s) {unknown} for method='lds'; it takes {sorted(allowed)}")
     if "formula" not in options or "size" not in options:
         raise InputError("method='lds' needs formula='y ~ ...' and size=M (the number of pseudo-points)")
-    spec = LdsSpec(weight=weight, seed=seed, **options)
-    parts = table_name(into if into is not None else f"squashed_{uuid.uuid4().hex[:8]}")
-    check_table_target(con, parts, replace)
-    data, report = squash_lds_to_arrow(con, source, spec, progress)
-    t0 = time.perf_counter()
-    write_table(con, data, parts, replace)
-    report.timings["write"] = time.perf_counter() - t0
-    return SquashResult(con, ".".join(parts), report.n_rows, data.num_rows, data.num_rows, report, parts)
+    return LdsSpec(weight=weight, seed=seed, **options)

@@ -108,7 +108,6 @@ class SquashPlan:
         v = [f"__dq_v_{j}" for j in range(len(self.binning.quantitative))]
         match = lambda a, b: " AND ".join(f"{a}.{ident(c)} IS NOT DISTINCT FROM {b}.{ident(c)}" for c in keys) or "TRUE"  # noqa: E731
         small = f"SELECT {comma(ident(c) for c in keys)} FROM __dq_m WHERE {ident(N_COL)} <= {k}"
-        group = f" GROUP BY {comma(ident(c) for c in keys)}" if keys else ""
         lists = (f"SELECT {comma([f's.{ident(c)}' for c in keys] + [f'min([{comma(v)}], {k}) AS {ident(ROWS_COL)}'])} "
                  f"FROM ({keyed_rows_sql(from_sql, self.binning, self.spec.categorical)}) AS s "
                  f"SEMI JOIN ({small}) AS t ON {match('s', 't')}"

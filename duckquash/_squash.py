@@ -33,6 +33,14 @@ class SquashReport:
     cpu_timings: dict[str, float] = field(default_factory=dict)  # process CPU seconds per stage
 
     @property
+    def n_rows(self) -> int:
+        return int(np.sum(self.regions.column("n_rows").to_numpy()))
+
+    @property
+    def n_regions(self) -> int:
+        return self.regions.num_rows
+
+    @property
     def max_resid_deg2(self) -> float:
         """Largest absolute error of a degree <= 2 moment (local standardised units) over regions."""
         return float(np.max(self.regions.column("max_resid_deg2").to_numpy(), initial=0.0))
@@ -194,21 +202,22 @@ def squash(con: duckdb.DuckDBPyConnection, source: object, *, categorical: Seque
         ``table``, ``relation``, ``n_rows``, ``n_points``, ``n_regions`` and ``report``.
     """
     if isinstance(method, str) and method.lower() == "lds":  # model-based: variables come from formula=
-        from ._lds import squash_lds
+        from ._lds import lds_spec, squash_lds_to_arrow
 
         if categorical or quantitative:
             raise InputError("method='lds' takes its variables from formula=; drop categorical=/quantitative=")
-        return squash_lds(con, source, into=into, replace=replace, progress=progress, weight=weight, seed=seed,
-                          **options)
-    unknown = sorted(set(options) - {"degree", "exact_covariance", "sample_size", "restarts", "max_iter"})
-    if unknown:
-        raise InputError(f"unknown option(s) {unknown}")
-    spec = SquashSpec(categorical, quantitative, method, alpha, bins, layers, weight=weight, seed=seed, **options)
+        lspec = lds_spec(weight=weight, seed=seed, **options)
+        run = lambda: squash_lds_to_arrow(con, source, lspec, progress)  # noqa: E731
+    else:
+        unknown = sorted(set(options) - {"degree", "exact_covariance", "sample_size", "restarts", "max_iter"})
+        if unknown:
+            raise InputError(f"unknown option(s) {unknown}")
+        spec = SquashSpec(categorical, quantitative, method, alpha, bins, layers, weight=weight, seed=seed, **options)
+        run = lambda: squash_to_arrow(con, source, spec, progress)  # noqa: E731
     parts = table_name(into if into is not None else f"squashed_{uuid.uuid4().hex[:8]}")
     check_table_target(con, parts, replace)
-    data, report = squash_to_arrow(con, source, spec, progress)
+    data, report = run()
     t0 = time.perf_counter()
     write_table(con, data, parts, replace)
     report.timings["write"] = time.perf_counter() - t0
-    n = int(np.sum(report.regions.column("n_rows").to_numpy()))
-    return SquashResult(con, ".".join(parts), n, data.num_rows, report.regions.num_rows, report, parts)
+    return SquashResult(con, ".".join(parts), report.n_rows, data.num_rows, report.n_regions, report, parts)

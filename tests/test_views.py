@@ -280,7 +280,7 @@ def test_small_batch_updates_regions_in_closed_form(vcon, data):
     # per updated region: weighted mean and covariance of the points equal the region's rows'
     plan = duckquash.view_plan(con, "v")
     b = plan.binning
-    pts = con.execute(f"""SELECT m.__dq_n, sum(p.weight), sum(p.weight * p.x1) / sum(p.weight),
+    pts = con.execute("""SELECT m.__dq_n, sum(p.weight), sum(p.weight * p.x1) / sum(p.weight),
                               sum(p.weight * p.x1 * p.x2) / sum(p.weight), sum(p.weight * p.x3 * p.x3) / sum(p.weight),
                               m.__dq_region
                        FROM v__points p JOIN v__moments m USING (__dq_region) GROUP BY m.__dq_n, m.__dq_region""").fetchall()
