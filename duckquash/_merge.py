@@ -74,14 +74,16 @@ class SquashPlan:
     def fixed_point(self) -> bool:
         return all(b is not None for b in self.bits().values())
 
-    def moment_sql(self, from_sql: str, *, rows: bool = True, dialect: str = "duckdb") -> str:
+    def moment_sql(self, from_sql: str, *, rows: bool = True, dialect: str = "duckdb",
+                   part: tuple[int, int] | None = None) -> str:
         """Plain SQL computing one partial integer moment table from ``from_sql`` (a FROM item).
 
         ``rows=False`` drops the DuckDB-only ``min(list, k)`` aggregate; the merged table then
         fits tiny regions instead of keeping their rows. ``dialect="postgres"`` (implies
         ``rows=False``) spells DOUBLE as DOUBLE PRECISION; the sums then come back as NUMERIC,
         exactly the integers DuckDB computes (both engines round a DOUBLE to BIGINT half to even).
-        HypRect plans only: Data Sphere keys use DuckDB list functions.
+        HypRect plans only: Data Sphere keys use DuckDB list functions. ``part=(k, K)``: only the
+        regions whose key hashes to k modulo K (DuckDB; see :func:`duckquash._moments.moment_parts`).
         """
         if dialect not in ("duckdb", "postgres"):
             raise InputError(f"dialect must be 'duckdb' or 'postgres', got {dialect!r}")
@@ -89,14 +91,14 @@ class SquashPlan:
             raise InputError("moment SQL for PostgreSQL is available for HypRect plans only")
         rows = rows and dialect == "duckdb"
         sql, _, _ = _moment_sql(Source(from_sql, {}, "partition"), self.binning, self.extent,
-                                self.spec.categorical, self.spec.degree, 0, integer_sums=True)
+                                self.spec.categorical, self.spec.degree, 0, integer_sums=True, part=part)
         if dialect == "postgres":
             return sql.replace("::DOUBLE", "::DOUBLE PRECISION")
         if not (rows and self.fetch_rows > 0 and self.binning.quantitative):
             return sql
-        return self._with_rows(sql, from_sql)
+        return self._with_rows(sql, from_sql, part)
 
-    def _with_rows(self, sql: str, from_sql: str) -> str:
+    def _with_rows(self, sql: str, from_sql: str, part: tuple[int, int] | None = None) -> str:
         """Add the rows of tiny regions: ``min([values], k)`` over regions of at most k rows, NULL elsewhere.
 
         A second aggregate over only those regions' rows: a list state for every region would
@@ -109,7 +111,7 @@ class SquashPlan:
         match = lambda a, b: " AND ".join(f"{a}.{ident(c)} IS NOT DISTINCT FROM {b}.{ident(c)}" for c in keys) or "TRUE"  # noqa: E731
         small = f"SELECT {comma(ident(c) for c in keys)} FROM __dq_m WHERE {ident(N_COL)} <= {k}"
         lists = (f"SELECT {comma([f's.{ident(c)}' for c in keys] + [f'min([{comma(v)}], {k}) AS {ident(ROWS_COL)}'])} "
-                 f"FROM ({keyed_rows_sql(from_sql, self.binning, self.spec.categorical)}) AS s "
+                 f"FROM ({keyed_rows_sql(from_sql, self.binning, self.spec.categorical, part=part)}) AS s "
                  f"SEMI JOIN ({small}) AS t ON {match('s', 't')}"
                  + (f" GROUP BY {comma(f's.{ident(c)}' for c in keys)}" if keys else ""))
         order = comma(f"m.{ident(c)} NULLS FIRST" for c in keys)

@@ -92,10 +92,12 @@ def _value_names(q: int) -> tuple[list[str], list[str]]:
     return [f"__dq_v_{j}" for j in range(q)], [f"__dq_z_{j}" for j in range(q)]
 
 
-def keyed_rows_sql(from_sql: str, binning: Binning, categorical: tuple[str, ...], carry: tuple[str, ...] = ()) -> str:
+def keyed_rows_sql(from_sql: str, binning: Binning, categorical: tuple[str, ...], carry: tuple[str, ...] = (),
+                   part: tuple[int, int] | None = None) -> str:
     """Rows of ``from_sql`` with categoricals, DOUBLE values ``__dq_v_j``, z-scores and region keys.
 
-    ``carry`` names further columns passed through unchanged.
+    ``carry`` names further columns passed through unchanged. ``part=(k, K)`` keeps only the
+    regions whose key hashes to k modulo K (see :func:`moment_parts`).
     """
     q = len(binning.quantitative)
     cats = [ident(c) for c in categorical + carry]
@@ -105,11 +107,16 @@ def keyed_rows_sql(from_sql: str, binning: Binning, categorical: tuple[str, ...]
     stage2 = comma(cats + v + [f"{binning.z_sql(j, v[j])} AS {z[j]}" for j in range(q)])
     stage3 = comma(cats + v + z + [f"{expr} AS {k}" for expr, k in zip(binning.key_sql(v, z), keys)])
     # aliased subqueries: plain SQL that PostgreSQL (< 16) accepts too
-    return f"SELECT {stage3} FROM (SELECT {stage2} FROM (SELECT {stage1} FROM {from_sql}) AS __dq_s1) AS __dq_s2"
+    sql = f"SELECT {stage3} FROM (SELECT {stage2} FROM (SELECT {stage1} FROM {from_sql}) AS __dq_s1) AS __dq_s2"
+    if part is None or part[1] <= 1:
+        return sql
+    region = comma([ident(c) for c in categorical] + keys) or "0"
+    return f"SELECT * FROM ({sql}) AS __dq_s3 WHERE hash({region}) % {int(part[1])} = {int(part[0])}"
 
 
 def moment_sql(src: Source, binning: Binning, extent: Extent, categorical: tuple[str, ...],
-               degree: int, fetch_rows: int, integer_sums: bool = False) -> tuple[str, list[tuple[int, ...]], bool]:
+               degree: int, fetch_rows: int, integer_sums: bool = False,
+               part: tuple[int, int] | None = None) -> tuple[str, list[tuple[int, ...]], bool]:
     """The moment query; returns (sql, exponents, all sums fixed-point).
 
     ``integer_sums``: leave each fixed-point sum as its exact HUGEINT total (scaled by
@@ -139,22 +146,81 @@ def moment_sql(src: Source, binning: Binning, extent: Extent, categorical: tuple
         aggs.append(f"min([{comma(v)}], {int(fetch_rows)}) AS {ROWS_COL}")
     group = comma(cats + keys)
     sql = (f"SELECT {comma(cats + keys + aggs)}\n"
-           f"FROM ({keyed_rows_sql(src.sql, binning, categorical)}) AS __dq_keyed\n"
+           f"FROM ({keyed_rows_sql(src.sql, binning, categorical, part=part)}) AS __dq_keyed\n"
            + (f"GROUP BY {group}\nORDER BY {comma(c + ' NULLS FIRST' for c in cats + keys)}" if group else ""))
     return sql, exps, exact
 
 
+_MAX_PARTS = 64  # passes at most; beyond that raise memory_limit
+_STATE_BYTES = 32  # hash-table bytes per aggregate per region per thread (measured ~20 at 137 aggregates)
+
+
+def moment_parts(con: duckdb.DuckDBPyConnection, n_regions: int, n_aggregates: int) -> int:
+    """How many passes the moment GROUP BY needs so that its hash tables fit half the memory limit.
+
+    With 100k+ regions the 125 exact sums per region outgrow ``memory_limit='1GB'`` (DuckDB does
+    not spill these states); the regions are then split by key hash into parts, one pass each.
+    """
+    limit = con.execute("SELECT current_setting('memory_limit'), current_setting('threads')").fetchall()[0]
+    number, _, unit = str(limit[0]).strip().partition(" ")
+    scale = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,
+             "TIB": 2**40}.get(unit.strip().upper())
+    try:
+        budget = float(number) * scale / 2 if scale else None
+    except ValueError:
+        budget = None
+    if not budget:
+        return 1
+    need = float(n_regions) * n_aggregates * _STATE_BYTES * max(int(limit[1]), 1)
+    return int(min(_MAX_PARTS, max(1, math.ceil(need / budget))))
+
+
+def region_bound(binning: Binning, sample: pa.Table | None, categorical: tuple[str, ...], n_rows: int) -> int:
+    """A rough upper bound on the number of regions: categorical cells seen in the sample x key values."""
+    n_cells = 1
+    if categorical and sample is not None and sample.num_rows:
+        try:
+            n_cells = sample.group_by(list(categorical)).aggregate([]).num_rows
+        except (pa.ArrowNotImplementedError, pa.ArrowTypeError):  # e.g. nested types
+            n_cells = sample.num_rows
+    per_cell = 1
+    if binning.method == "hyprect":
+        for e in binning.edges:
+            per_cell *= len(e) + 2  # bins plus the NULL bin
+    elif binning.quantitative:
+        q = len(binning.quantitative)
+        per_cell = (2 ** q) * (len(binning.layer_edges) + 1) * (2 * q) ** 2
+    return int(min(n_rows, max(n_cells, 1) * per_cell))
+
+
 def momentize(con: duckdb.DuckDBPyConnection, src: Source, binning: Binning, extent: Extent,
-              categorical: tuple[str, ...], degree: int, fetch_rows: int) -> MomentTable:
+              categorical: tuple[str, ...], degree: int, fetch_rows: int, sample: pa.Table | None = None) -> MomentTable:
     """Run the moment query and return the moment table.
 
     The rows of regions with at most ``fetch_rows`` rows (kept row by row by Generate) are read in
     a second pass restricted to those regions, and only when there are any: collecting them with a
     top-k list aggregate inside the moment pass cost every region of every query (5M rows: 0.66 s
     CPU of 7.5 s). Column ``ROWS_COL`` holds them (NULL for larger regions), in the same order.
+    With very many regions (bounded using the binning ``sample``) the pass is split by region
+    (:func:`moment_parts`) so that it fits the memory limit.
     """
     sql, exps, exact = moment_sql(src, binning, extent, categorical, degree, 0)
-    table = con.sql(sql).to_arrow_table()
+    n_aggs = len(exps) + 2 * len(binning.quantitative) + 1
+    parts = moment_parts(con, region_bound(binning, sample, categorical, extent.n_rows), n_aggs)
+    if parts == 1:
+        table = con.sql(sql).to_arrow_table()
+    else:  # regions split by key hash: every region's sums come whole from one pass
+        pieces = pa.concat_tables(
+            [con.sql(moment_sql(src, binning, extent, categorical, degree, 0, part=(k, parts))[0]).to_arrow_table()
+             for k in range(parts)])
+        keys = [ident(c) for c in list(categorical) + binning.key_columns()]
+        view = f"__dq_parts_{uuid.uuid4().hex[:12]}"
+        con.register(view, pieces)
+        try:  # the same region order as the one-pass query
+            table = con.sql(f"SELECT * FROM {ident(view)}"
+                            + (f" ORDER BY {comma(k + ' NULLS FIRST' for k in keys)}" if keys else "")).to_arrow_table()
+        finally:
+            con.unregister(view)
     if fetch_rows > 0 and binning.quantitative:
         table = table.append_column(ROWS_COL, _small_region_rows(con, src, binning, categorical, table, fetch_rows))
     return MomentTable(table, categorical, tuple(binning.key_columns()), tuple(exps), exact, sql)

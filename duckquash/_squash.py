@@ -138,7 +138,7 @@ def squash_to_arrow(con: duckdb.DuckDBPyConnection, source: object, spec: Squash
         fetch_rows = exact_row_limit(spec.alpha, len(spec.quantitative)) if spec.alpha > 0 else 0
         t0, c0 = time.perf_counter(), time.process_time()
         with progress_bar(con, "momentize", show_progress, scan_share=1 / 3):  # scan -> GROUP BY -> ORDER BY
-            moments = momentize(con, src, binning, extent, spec.categorical, spec.degree, fetch_rows)
+            moments = momentize(con, src, binning, extent, spec.categorical, spec.degree, fetch_rows, sample)
         timings["momentize"] = time.perf_counter() - t0
         cpu["momentize"] = time.process_time() - c0
     finally:

@@ -29,7 +29,7 @@ from ._binning import sample_sql
 from ._errors import InputError, OutputExistsError
 from ._merge import (SquashPlan, double_sql, generate_points, merge_sql, moment_table, overflow_columns,
                      plan_from_source)
-from ._moments import N_COL, moment_col
+from ._moments import N_COL, moment_col, moment_parts, region_bound
 from ._source import Source, resolve, table_exists
 from ._spec import SquashSpec
 from ._sql import comma, ident, literal, qualified
@@ -130,6 +130,17 @@ def _temp(con: duckdb.DuckDBPyConnection, sql: str) -> str:
     return name
 
 
+def _moment_temp(con: duckdb.DuckDBPyConnection, plan: SquashPlan, from_sql: str, n_regions: int,
+                 head: str = "SELECT * FROM") -> str:
+    """A TEMP table of integer moments of ``from_sql``, in several passes split by region when
+    ``n_regions`` would not fit the memory limit in one (see ``_moments.moment_parts``)."""
+    parts = moment_parts(con, n_regions, len(plan.exps) + 2 * len(plan.binning.quantitative) + 1)
+    name = _temp(con, f"{head} ({plan.moment_sql(from_sql, part=(0, parts))})")
+    for k in range(1, parts):
+        con.execute(f"INSERT INTO temp.{ident(name)} {head} ({plan.moment_sql(from_sql, part=(k, parts))})")
+    return name
+
+
 def _drop_temp(con: duckdb.DuckDBPyConnection, names: list[str]) -> None:
     for n in names:
         try:
@@ -227,7 +238,8 @@ def _build(con: duckdb.DuckDBPyConnection, names: _Names, src: Source, spec: Squ
         plan, sample = plan_from_source(con, src, spec)
         timings["group"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        mom = _temp(con, f"SELECT NULL::BIGINT AS {REGION}, * FROM ({plan.moment_sql(src.sql)})")
+        bound = region_bound(plan.binning, sample, spec.categorical, plan.observed.n_rows)
+        mom = _moment_temp(con, plan, src.sql, bound, f"SELECT NULL::BIGINT AS {REGION}, * FROM")
         temps.append(mom)
         con.execute(f"UPDATE temp.{ident(mom)} SET {REGION} = rowid")  # any unique id will do
         fingerprint = _fingerprint(con, src, spec) if batches is None else None
@@ -431,7 +443,8 @@ def refresh(con: duckdb.DuckDBPyConnection, name: str | Sequence[str], new_rows:
             raise InputError(f"new values of {bad} lie so far outside the view's range that exact sums would "
                              "overflow; refresh with rebin=True (or materialize again); nothing changed")
         t0 = time.perf_counter()
-        new = _temp(con, plan.moment_sql(src.sql))
+        stored = con.execute(f"SELECT count(*) FROM {names.q('__moments')}").fetchall()[0][0]
+        new = _moment_temp(con, plan, src.sql, max(int(stored), 1))
         temps.append(new)
         keys = list(plan.key_columns)
         match = " AND ".join(f"o.{ident(k)} IS NOT DISTINCT FROM n.{ident(k)}" for k in keys) or "TRUE"

@@ -46,3 +46,32 @@ def test_small_region_rows_match_in_pass_top_k(small):
     for i in range(len(n)):
         assert got[i] == (want[i] if n[i] <= 12 else None)
     assert table.drop([ROWS_COL]).equals(in_pass.drop([ROWS_COL]))
+
+
+def test_moment_parts_follow_the_memory_limit(con):
+    from duckquash._moments import moment_parts
+
+    con.execute("SET threads = 2")
+    con.execute("SET memory_limit = '1GB'")
+    assert moment_parts(con, 3_000, 137) == 1
+    assert 2 <= moment_parts(con, 170_000, 137) <= 4  # 170k regions x 137 sums: about 1.5 GB of state
+    assert moment_parts(con, 10**9, 137) == 64
+
+
+def test_moment_pass_split_by_region_gives_the_same_squash(small, monkeypatch):
+    """When the regions' sum states would not fit the memory limit the pass runs in parts; same result."""
+    import duckquash
+    from duckquash import _moments, _views
+
+    args = dict(categorical=["a1", "defected"], quantitative=["x1", "x2", "x4"], bins=4)
+    one = duckquash.squash(small, "small", into="one", **args)
+    m1 = duckquash.materialize(small, "v1", "small", **args)
+    for module in (_moments, _views):
+        monkeypatch.setattr(module, "moment_parts", lambda *a: 3)
+    split = duckquash.squash(small, "small", into="split", **args)
+    assert split.report.moments.table.equals(one.report.moments.table)
+    assert small.sql("SELECT * FROM one").fetchall() == small.sql("SELECT * FROM split").fetchall()
+    m2 = duckquash.materialize(small, "v2", "small", **args)
+    q = "SELECT * EXCLUDE (__dq_region) FROM {} ORDER BY ALL"
+    assert small.sql(q.format("v1__moments")).fetchall() == small.sql(q.format("v2__moments")).fetchall()
+    assert m1.n_points == m2.n_points
