@@ -270,17 +270,19 @@ def _list(v) -> str:
     return "[" + ", ".join(literal(float(a)) for a in v) + "]"
 
 
-def _coords_sql(m: _Model, family: str, thetas: np.ndarray, B: np.ndarray, mu: np.ndarray, sd: np.ndarray,
-                from_sql: str, carry: list[str]) -> str:
+def _coords_sql(m: _Model, family: str, theta0: np.ndarray, offsets: np.ndarray, B: np.ndarray, mu: np.ndarray,
+                sd: np.ndarray, from_sql: str, carry: list[str]) -> str:
     """Add the profile coordinates ``__dq_c{r}`` = ((P B)_r - mu_r) / sd_r without spelling out P.
 
     Every family's row log-likelihood is l(eta) = y eta - A(eta) - c(y) (binomial: A = softplus,
     c = 0; poisson: A = exp, c = lgamma(y + 1); gaussian: A = eta^2 / 2, c = (y^2 + log 2 pi) / 2),
     so the projection of the K-point profile on direction B_r is
-    y x'(T' B_r) - A(T x)' B_r - c(y) sum(B_r), with T the K x p design points theta_k. Only the
-    K values A(eta_k) are per-row non-linear work: the row's x is one list, eta = T x is K list dot
-    products, A is one ``list_transform`` and each coordinate two more dot products (C++ loops
-    instead of ~K (p + d) scalar vector operations; 1/sd_r and mu_r folded into the constants).
+    (y x)'(T' B_r) - A(T x)' B_r - c(y) sum(B_r), with T the K x p design points
+    theta_k = theta_0 + offsets_k. Only the K values A(eta_k) are per-row non-linear work. The row's
+    x is one list; eta_0 = x'theta_0 and g_k = x'offsets_k are list dot products, one per mirrored
+    pair of design points (star +-ds, fold-over corners: eta = eta_0 +- g), A is one
+    ``list_transform``, and each coordinate is one dot product of [y x, A(eta)] (C++ loops instead
+    of ~K (p + d) scalar vector operations; 1/sd_r and mu_r folded into the constants).
     Equal to ``_profile_sql`` followed by the projection, up to rounding."""
     xs = [f"({e})" for e in m.design.exprs]
     A = {"binomial": "greatest(v, 0.0) + ln(1.0 + exp(-abs(v)))", "poisson": "exp(v)",
@@ -288,19 +290,36 @@ def _coords_sql(m: _Model, family: str, thetas: np.ndarray, B: np.ndarray, mu: n
     cy = {"binomial": None, "poisson": f"lgamma({_P}y + 1.0)",
           "gaussian": f"0.5 * ({_P}y * {_P}y + {math.log(2 * math.pi)!r})"}[family]
     keep = [ident(v) for v in m.design.variables] + [f"{_P}cell"] + list(carry)
-    etas = [f"list_dot_product({_P}x, {_list(t)})" for t in thetas]
+    thetas = theta0 + offsets
+    # eta_k as eta_0 (centre), eta_0 + g_j or eta_0 - g_j (a mirrored pair), or its own dot product
+    gs: list[str] = []
+    etas: list[str] = []
+    seen: dict[int, int] = {}
+    for k, o in enumerate(offsets):
+        if not np.any(o):
+            etas.append(f"{_P}e0")
+            continue
+        mirror = next((j for j in seen if np.array_equal(offsets[j], -o)), None)
+        if mirror is not None:
+            etas.append(f"{_P}e0 - {_P}g{seen[mirror]}")
+            continue
+        seen[k] = len(gs)
+        gs.append(f"list_dot_product({_P}x, {_list(o)}) AS {_P}g{len(gs)}")
+        etas.append(f"{_P}e0 + {_P}g{seen[k]}")
     cexpr = []
     for r in range(B.shape[1]):
-        a = thetas.T @ B[:, r] / sd[r]
-        terms = [f"{_P}y * list_dot_product({_P}x, {_list(a)})", f"list_dot_product({_P}a, {_list(B[:, r] / sd[r])})"]
-        e = f"{terms[0]} - {terms[1]}"
+        w = np.concatenate([thetas.T @ B[:, r], -B[:, r]]) / sd[r]
+        e = f"list_dot_product({_P}pw, {_list(w)})"
         if cy is not None:
             e += f" - {literal(float(B[:, r].sum() / sd[r]))} * {_P}cy"
         cexpr.append(f"({e} - {literal(float(mu[r] / sd[r]))}) AS {_P}c{r}")
     inner = (f"SELECT {comma(keep)}, CAST({_P}y AS DOUBLE) AS {_P}y, [{comma(xs)}] AS {_P}x "
              f"FROM ({from_sql})")
-    prof = (f"SELECT {comma(keep)}, {_P}y, {_P}x, list_transform([{comma(etas)}], lambda v: {A}) AS {_P}a"
-            + (f", {cy} AS {_P}cy" if cy else "") + f" FROM ({inner})")
+    lin = (f"SELECT {comma(keep)}, {_P}y, {_P}x, list_dot_product({_P}x, {_list(theta0)}) AS {_P}e0"
+           + "".join(f", {g}" for g in gs) + f" FROM ({inner})")
+    yx = f"[{comma(f'{_P}y * {x}' for x in xs)}]"
+    prof = (f"SELECT {comma(keep)}, list_concat({yx}, list_transform([{comma(etas)}], lambda v: {A})) AS {_P}pw"
+            + (f", {cy} AS {_P}cy" if cy else "") + f" FROM ({lin})")
     return f"SELECT {comma(keep)}, {comma(cexpr)} FROM ({prof})"
 
 
@@ -468,7 +487,7 @@ def _squash_once(con, m: _Model, spec: LdsSpec, theta0, chol, ds, df, sample_sql
     _nodes_table(con, tree, names["nodes"], spec.branching)
 
     def coords_sql(from_sql: str, carry: list[str]) -> str:
-        return _coords_sql(m, spec.family, theta0 + U @ chol.T, B, mu, sd, from_sql, carry)
+        return _coords_sql(m, spec.family, theta0, U @ chol.T, B, mu, sd, from_sql, carry)
 
     # the squash pass over all rows: profile -> coordinates -> tree descent -> one GROUP BY
     rows = coords_sql(_with_cell_sql(m, _keyed_sql(m), cells_table), [])
