@@ -414,11 +414,18 @@ def _fit_tree(coords: np.ndarray, cells: np.ndarray, leaves: dict[int, int], n_c
 
 
 def _nodes_table(con: duckdb.DuckDBPyConnection, tree: _Tree, name: str, b: int) -> None:
-    cols = {"id": pa.array([n[0] for n in tree.nodes], pa.int64()),
-            "dim": pa.array([n[1] for n in tree.nodes], pa.int32()),
-            "first": pa.array([n[2] for n in tree.nodes], pa.int64())}
+    """The tree as one row of lists indexed by node id + 1: split dimension (0 for a leaf), first
+    child id and the b - 1 thresholds (+inf padded)."""
+    size = 1 + max([n[0] for n in tree.nodes] + [n[2] + b - 1 for n in tree.nodes] + [0])
+    dim = np.zeros(size, np.int32)
+    first = np.zeros(size, np.int64)
+    thr = np.full((b - 1, size), math.inf)
+    for nid, dm, fc, ts in tree.nodes:
+        dim[nid], first[nid], thr[:, nid] = dm, fc, ts
+    cols = {"dim": pa.array([dim.tolist()], pa.list_(pa.int32())),
+            "first": pa.array([first.tolist()], pa.list_(pa.int64()))}
     for j in range(b - 1):
-        cols[f"t{j}"] = pa.array([n[3][j] for n in tree.nodes], pa.float64())
+        cols[f"t{j}"] = pa.array([thr[j].tolist()], pa.list_(pa.float64()))
     view = f"{name}_arrow"
     con.register(view, pa.table(cols))
     try:
@@ -428,15 +435,21 @@ def _nodes_table(con: duckdb.DuckDBPyConnection, tree: _Tree, name: str, b: int)
 
 
 def _descend_sql(rows_sql: str, tree: _Tree, nodes_table: str, b: int, d: int) -> str:
-    """Each row walks its cell's tree: one LEFT JOIN with the internal nodes per level."""
-    sql = rows_sql
-    pick = "CASE n.dim " + " ".join(f"WHEN {r + 1} THEN t.{_P}c{r}" for r in range(d)) + " END"
+    """Each row walks its cell's tree: the one-row node table is cross-joined once and each level is
+    a projection (child = first[node] + number of thresholds <= the split coordinate, looked up with
+    ``list_extract``), not a hash join per level."""
+    node = f"{_P}node"
+    keep = f"* EXCLUDE ({node}, {_P}dim)"
+    sql = f"SELECT t.*, n.dim AS {_P}ndim, n.first AS {_P}nfirst, " + comma(f"n.t{j} AS {_P}nt{j}" for j in range(b - 1)) + \
+        f" FROM ({rows_sql}) t CROSS JOIN {ident(nodes_table)} n"
     for _ in range(tree.depth):
-        bin_ = " + ".join(f"({pick} >= n.t{j})::INTEGER" for j in range(b - 1))
-        sql = (f"SELECT t.* EXCLUDE ({_P}node), CASE WHEN n.id IS NULL THEN t.{_P}node "
-               f"ELSE n.first + {bin_} END AS {_P}node "
-               f"FROM ({sql}) t LEFT JOIN {ident(nodes_table)} n ON n.id = t.{_P}node")
-    return sql
+        i = f"{node} + 1"
+        pick = f"CASE {_P}dim " + " ".join(f"WHEN {r + 1} THEN {_P}c{r}" for r in range(d)) + " END"
+        bin_ = " + ".join(f"({pick} >= {_P}nt{j}[{i}])::BIGINT" for j in range(b - 1))
+        sql = (f"SELECT {keep}, CASE WHEN {_P}dim = 0 THEN {node} ELSE {_P}nfirst[{i}] + {bin_} END AS {node} "
+               f"FROM (SELECT *, {_P}ndim[{i}] AS {_P}dim FROM ({sql}))")
+    return (f"SELECT * EXCLUDE ({_P}ndim, {_P}nfirst, {comma(f'{_P}nt{j}' for j in range(b - 1))}) "
+            f"FROM ({sql})")
 
 
 # ---------------------------------------------------------------- one LDS iteration
