@@ -21,8 +21,11 @@ Everything that touches the rows is generated SQL:
    projected on the leading principal directions of the sample's profiles (d <= p + 1 coordinates,
    Euclidean distance between profiles is kept); each row descends a k-d tree fitted to the
    sample's profile coordinates within its cell (balanced b-ary splits along the widest coordinate,
-   one leaf per wanted cluster); the descent is one small hash join per tree level; then one
-   GROUP BY leaf gives cluster sizes, variable means and the cluster's summed profile.
+   one leaf per wanted cluster); then one GROUP BY leaf gives cluster sizes, variable means and the
+   cluster's summed profile. Cost: the coordinates are computed from the K non-linear terms A(eta_k)
+   with list dot products (``_coords_sql``: one per mirrored pair of design points, one per
+   coordinate), and the descent is one ``list_extract`` projection per tree level against a one-row
+   table of node lists (no join per level). 10M rows, p = 10, M = 10k: squash pass 26 s -> 15 s.
 
 Not done: the paper's optional refinement of each pseudo-point to match its cluster's summed
 profile (the report gives the match residuals of the plain cluster means), and a Lloyd-style
