@@ -21,8 +21,11 @@ Everything that touches the rows is generated SQL:
    projected on the leading principal directions of the sample's profiles (d <= p + 1 coordinates,
    Euclidean distance between profiles is kept); each row descends a k-d tree fitted to the
    sample's profile coordinates within its cell (balanced b-ary splits along the widest coordinate,
-   one leaf per wanted cluster); the descent is one small hash join per tree level; then one
-   GROUP BY leaf gives cluster sizes, variable means and the cluster's summed profile.
+   one leaf per wanted cluster); then one GROUP BY leaf gives cluster sizes, variable means and the
+   cluster's summed profile. Cost: the coordinates are computed from the K non-linear terms A(eta_k)
+   with list dot products (``_coords_sql``: one per mirrored pair of design points, one per
+   coordinate), and the descent is one ``list_extract`` projection per tree level against a one-row
+   table of node lists (no join per level). 10M rows, p = 10, M = 10k: squash pass 26 s -> 15 s.
 
 Not done: the paper's optional refinement of each pseudo-point to match its cluster's summed
 profile (the report gives the match residuals of the plain cluster means), and a Lloyd-style
@@ -266,6 +269,63 @@ def _profile_sql(family: str, U: np.ndarray, rows_sql: str) -> str:
     return f"SELECT *, {comma(ls)} FROM (SELECT *, {comma(etas)} FROM ({rows_sql}))"
 
 
+def _list(v) -> str:
+    return "[" + ", ".join(literal(float(a)) for a in v) + "]"
+
+
+def _coords_sql(m: _Model, family: str, theta0: np.ndarray, offsets: np.ndarray, B: np.ndarray, mu: np.ndarray,
+                sd: np.ndarray, from_sql: str, carry: list[str]) -> str:
+    """Add the profile coordinates ``__dq_c{r}`` = ((P B)_r - mu_r) / sd_r without spelling out P.
+
+    Every family's row log-likelihood is l(eta) = y eta - A(eta) - c(y) (binomial: A = softplus,
+    c = 0; poisson: A = exp, c = lgamma(y + 1); gaussian: A = eta^2 / 2, c = (y^2 + log 2 pi) / 2),
+    so the projection of the K-point profile on direction B_r is
+    (y x)'(T' B_r) - A(T x)' B_r - c(y) sum(B_r), with T the K x p design points
+    theta_k = theta_0 + offsets_k. Only the K values A(eta_k) are per-row non-linear work. The row's
+    x is one list; eta_0 = x'theta_0 and g_k = x'offsets_k are list dot products, one per mirrored
+    pair of design points (star +-ds, fold-over corners: eta = eta_0 +- g), A is one
+    ``list_transform``, and each coordinate is one dot product of [y x, A(eta)] (C++ loops instead
+    of ~K (p + d) scalar vector operations; 1/sd_r and mu_r folded into the constants).
+    Equal to ``_profile_sql`` followed by the projection, up to rounding."""
+    xs = [f"({e})" for e in m.design.exprs]
+    A = {"binomial": "greatest(v, 0.0) + ln(1.0 + exp(-abs(v)))", "poisson": "exp(v)",
+         "gaussian": "0.5 * v * v"}[family]
+    cy = {"binomial": None, "poisson": f"lgamma({_P}y + 1.0)",
+          "gaussian": f"0.5 * ({_P}y * {_P}y + {math.log(2 * math.pi)!r})"}[family]
+    keep = [ident(v) for v in m.design.variables] + [f"{_P}cell"] + list(carry)
+    thetas = theta0 + offsets
+    # eta_k as eta_0 (centre), eta_0 + g_j or eta_0 - g_j (a mirrored pair), or its own dot product
+    gs: list[str] = []
+    etas: list[str] = []
+    seen: dict[int, int] = {}
+    for k, o in enumerate(offsets):
+        if not np.any(o):
+            etas.append(f"{_P}e0")
+            continue
+        mirror = next((j for j in seen if np.array_equal(offsets[j], -o)), None)
+        if mirror is not None:
+            etas.append(f"{_P}e0 - {_P}g{seen[mirror]}")
+            continue
+        seen[k] = len(gs)
+        gs.append(f"list_dot_product({_P}x, {_list(o)}) AS {_P}g{len(gs)}")
+        etas.append(f"{_P}e0 + {_P}g{seen[k]}")
+    cexpr = []
+    for r in range(B.shape[1]):
+        w = np.concatenate([thetas.T @ B[:, r], -B[:, r]]) / sd[r]
+        e = f"list_dot_product({_P}pw, {_list(w)})"
+        if cy is not None:
+            e += f" - {literal(float(B[:, r].sum() / sd[r]))} * {_P}cy"
+        cexpr.append(f"({e} - {literal(float(mu[r] / sd[r]))}) AS {_P}c{r}")
+    inner = (f"SELECT {comma(keep)}, CAST({_P}y AS DOUBLE) AS {_P}y, [{comma(xs)}] AS {_P}x "
+             f"FROM ({from_sql})")
+    lin = (f"SELECT {comma(keep)}, {_P}y, {_P}x, list_dot_product({_P}x, {_list(theta0)}) AS {_P}e0"
+           + "".join(f", {g}" for g in gs) + f" FROM ({inner})")
+    yx = f"[{comma(f'{_P}y * {x}' for x in xs)}]"
+    prof = (f"SELECT {comma(keep)}, list_concat({yx}, list_transform([{comma(etas)}], lambda v: {A})) AS {_P}pw"
+            + (f", {cy} AS {_P}cy" if cy else "") + f" FROM ({lin})")
+    return f"SELECT {comma(keep)}, {comma(cexpr)} FROM ({prof})"
+
+
 # ---------------------------------------------------------------- the profile tree
 
 @dataclass(frozen=True)
@@ -357,11 +417,18 @@ def _fit_tree(coords: np.ndarray, cells: np.ndarray, leaves: dict[int, int], n_c
 
 
 def _nodes_table(con: duckdb.DuckDBPyConnection, tree: _Tree, name: str, b: int) -> None:
-    cols = {"id": pa.array([n[0] for n in tree.nodes], pa.int64()),
-            "dim": pa.array([n[1] for n in tree.nodes], pa.int32()),
-            "first": pa.array([n[2] for n in tree.nodes], pa.int64())}
+    """The tree as one row of lists indexed by node id + 1: split dimension (0 for a leaf), first
+    child id and the b - 1 thresholds (+inf padded)."""
+    size = 1 + max([n[0] for n in tree.nodes] + [n[2] + b - 1 for n in tree.nodes] + [0])
+    dim = np.zeros(size, np.int32)
+    first = np.zeros(size, np.int64)
+    thr = np.full((b - 1, size), math.inf)
+    for nid, dm, fc, ts in tree.nodes:
+        dim[nid], first[nid], thr[:, nid] = dm, fc, ts
+    cols = {"dim": pa.array([dim.tolist()], pa.list_(pa.int32())),
+            "first": pa.array([first.tolist()], pa.list_(pa.int64()))}
     for j in range(b - 1):
-        cols[f"t{j}"] = pa.array([n[3][j] for n in tree.nodes], pa.float64())
+        cols[f"t{j}"] = pa.array([thr[j].tolist()], pa.list_(pa.float64()))
     view = f"{name}_arrow"
     con.register(view, pa.table(cols))
     try:
@@ -371,15 +438,21 @@ def _nodes_table(con: duckdb.DuckDBPyConnection, tree: _Tree, name: str, b: int)
 
 
 def _descend_sql(rows_sql: str, tree: _Tree, nodes_table: str, b: int, d: int) -> str:
-    """Each row walks its cell's tree: one LEFT JOIN with the internal nodes per level."""
-    sql = rows_sql
-    pick = "CASE n.dim " + " ".join(f"WHEN {r + 1} THEN t.{_P}c{r}" for r in range(d)) + " END"
+    """Each row walks its cell's tree: the one-row node table is cross-joined once and each level is
+    a projection (child = first[node] + number of thresholds <= the split coordinate, looked up with
+    ``list_extract``), not a hash join per level."""
+    node = f"{_P}node"
+    keep = f"* EXCLUDE ({node}, {_P}dim)"
+    sql = f"SELECT t.*, n.dim AS {_P}ndim, n.first AS {_P}nfirst, " + comma(f"n.t{j} AS {_P}nt{j}" for j in range(b - 1)) + \
+        f" FROM ({rows_sql}) t CROSS JOIN {ident(nodes_table)} n"
     for _ in range(tree.depth):
-        bin_ = " + ".join(f"({pick} >= n.t{j})::INTEGER" for j in range(b - 1))
-        sql = (f"SELECT t.* EXCLUDE ({_P}node), CASE WHEN n.id IS NULL THEN t.{_P}node "
-               f"ELSE n.first + {bin_} END AS {_P}node "
-               f"FROM ({sql}) t LEFT JOIN {ident(nodes_table)} n ON n.id = t.{_P}node")
-    return sql
+        i = f"{node} + 1"
+        pick = f"CASE {_P}dim " + " ".join(f"WHEN {r + 1} THEN {_P}c{r}" for r in range(d)) + " END"
+        bin_ = " + ".join(f"({pick} >= {_P}nt{j}[{i}])::BIGINT" for j in range(b - 1))
+        sql = (f"SELECT {keep}, CASE WHEN {_P}dim = 0 THEN {node} ELSE {_P}nfirst[{i}] + {bin_} END AS {node} "
+               f"FROM (SELECT *, {_P}ndim[{i}] AS {_P}dim FROM ({sql}))")
+    return (f"SELECT * EXCLUDE ({_P}ndim, {_P}nfirst, {comma(f'{_P}nt{j}' for j in range(b - 1))}) "
+            f"FROM ({sql})")
 
 
 # ---------------------------------------------------------------- one LDS iteration
@@ -430,13 +503,7 @@ def _squash_once(con, m: _Model, spec: LdsSpec, theta0, chol, ds, df, sample_sql
     _nodes_table(con, tree, names["nodes"], spec.branching)
 
     def coords_sql(from_sql: str, carry: list[str]) -> str:
-        rows = _rows_sql(m, theta0, chol, from_sql, tuple(carry))
-        cexpr = []
-        for r in range(d):
-            t = " + ".join(f"{literal(float(B[k, r]))} * {_P}l{k}" for k in range(K) if B[k, r] != 0)
-            cexpr.append(f"(({t or '0.0'}) - {literal(float(mu[r]))}) / {literal(float(sd[r]))} AS {_P}c{r}")
-        keep = [ident(v) for v in m.design.variables] + [f"{_P}cell"] + carry
-        return f"SELECT {comma(keep)}, {comma(cexpr)} FROM ({_profile_sql(spec.family, U, rows)})"
+        return _coords_sql(m, spec.family, theta0, U @ chol.T, B, mu, sd, from_sql, carry)
 
     # the squash pass over all rows: profile -> coordinates -> tree descent -> one GROUP BY
     rows = coords_sql(_with_cell_sql(m, _keyed_sql(m), cells_table), [])
