@@ -24,6 +24,18 @@ def _split_db(arg: str) -> tuple[str, str] | None:
     return None
 
 
+def _ds_options(p: argparse.ArgumentParser, methods: list[str]) -> None:
+    """The squash options shared by ``squash`` and ``materialize``."""
+    p.add_argument("--categorical", default="", help="comma-separated categorical columns")
+    p.add_argument("--quantitative", default="", help="comma-separated numeric columns")
+    p.add_argument("--method", default="hyprect", choices=methods)
+    p.add_argument("--alpha", type=float, default=1.0, help="points per region: max(1, ceil(alpha*log2 N_r))")
+    p.add_argument("--bins", type=int, default=3, help="HypRect: quantile bins per variable")
+    p.add_argument("--layers", type=int, default=3, help="Data Spheres: radius layers")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weight", default="weight", help="name of the weight column")
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="duckquash", description="Squash large tables into weighted pseudo-points.")
     ap.add_argument("--version", action="version", version=f"duckquash {__version__}")
@@ -33,19 +45,12 @@ def _parser() -> argparse.ArgumentParser:
                                     "(.parquet, .csv, or db.duckdb:table). Weights are frequency weights summing to N.")
     sq.add_argument("input")
     sq.add_argument("-o", "--output", required=True)
-    sq.add_argument("--categorical", default="", help="comma-separated categorical columns")
-    sq.add_argument("--quantitative", default="", help="comma-separated numeric columns")
-    sq.add_argument("--method", default="hyprect", choices=["hyprect", "datasphere", "lds"])
+    _ds_options(sq, methods=["hyprect", "datasphere", "lds"])
     sq.add_argument("--formula", help="lds: the model, e.g. 'defected ~ x1 + x2 + C(a1)'")
     sq.add_argument("--family", default="binomial", choices=["binomial", "poisson", "gaussian"], help="lds: GLM family")
     sq.add_argument("--size", type=int, help="lds: number of pseudo-points M")
     sq.add_argument("--iterations", type=int, default=1, help="lds: ILDS iterations (1 = plain LDS)")
     sq.add_argument("--init", default="sample", choices=["sample", "step", "mle"], help="lds: initial estimate")
-    sq.add_argument("--alpha", type=float, default=1.0, help="points per region: max(1, ceil(alpha*log2 N_r))")
-    sq.add_argument("--bins", type=int, default=3)
-    sq.add_argument("--layers", type=int, default=3)
-    sq.add_argument("--seed", type=int, default=0)
-    sq.add_argument("--weight", default="weight", help="name of the weight column")
     sq.add_argument("--replace", action="store_true", help="overwrite an existing output")
     sq.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     ev = sub.add_parser("evaluate", help="compare model fits on reduced tables with the full-data fit",
@@ -64,14 +69,7 @@ def _parser() -> argparse.ArgumentParser:
                                     "materialised view VIEW (db.duckdb:name) that 'duckquash refresh' can extend.")
     ma.add_argument("input")
     ma.add_argument("view")
-    for a in ("--categorical", "--quantitative"):
-        ma.add_argument(a, default="")
-    ma.add_argument("--method", default="hyprect", choices=["hyprect", "datasphere"])
-    ma.add_argument("--alpha", type=float, default=1.0)
-    ma.add_argument("--bins", type=int, default=3)
-    ma.add_argument("--layers", type=int, default=3)
-    ma.add_argument("--seed", type=int, default=0)
-    ma.add_argument("--weight", default="weight")
+    _ds_options(ma, methods=["hyprect", "datasphere"])
     ma.add_argument("--replace", action="store_true", help="rebuild an existing view")
     re_ = sub.add_parser("refresh", help="fold new rows into a materialised view db.duckdb:name",
                          description="Fold NEW_ROWS (file, glob, table of the same database, or db.duckdb:table) "
