@@ -2,7 +2,7 @@
 
 For a stated GLM (formula + family) every row gets a *likelihood profile*: its log-likelihood at
 the K points of a central composite design around an initial estimate theta_0 (centre, 2p star
-points at +-ds, factorial corners at +-df, in whitened standard-error units: theta = theta_0 + L u
+points at +-ds, factorial corners at distance df, in whitened standard-error units: theta = theta_0 + L u
 with L L' the estimated covariance of theta_0, so one unit is one standard error along each
 principal direction). Rows with similar profiles are interchangeable for likelihood-based
 inference near theta_0, so they are clustered and each cluster becomes one pseudo-point at the
@@ -24,8 +24,10 @@ Everything that touches the rows is generated SQL:
    one leaf per wanted cluster); then one GROUP BY leaf gives cluster sizes, variable means and the
    cluster's summed profile. Cost: the coordinates are computed from the K non-linear terms A(eta_k)
    with list dot products (``_coords_sql``: one per mirrored pair of design points, one per
-   coordinate), and the descent is one ``list_extract`` projection per tree level against a one-row
-   table of node lists (no join per level). 10M rows, p = 10, M = 10k: squash pass 26 s -> 15 s.
+   coordinate), or, where that is within 1% of every coordinate's spread on the sample (large N:
+   the design points are close), from the profile's second-order expansion around eta_0, with one
+   softplus per row instead of K; the descent is one ``list_extract`` projection per tree level
+   against a one-row table of node lists (no join per level).
 
 Not done: the paper's optional refinement of each pseudo-point to match its cluster's summed
 profile (the report gives the match residuals of the plain cluster means), and a Lloyd-style
@@ -61,7 +63,13 @@ INITS = ("sample", "step", "mle")
 FAMILIES = ("binomial", "poisson", "gaussian")
 _P = "__dq_"  # reserved prefix for internal columns
 _CENTRE_ROWS = True  # poisson/gaussian: cluster on row-centred profiles (40k rows, M = 200: poisson MSE 121 -> 4.6)
-_WHITEN = 0.5  # profile coordinates scaled by sd**(1 - _WHITEN) relative to the first: see _coords
+_WHITEN = 0.7  # profile coordinates scaled by sd**(1 - _WHITEN) relative to the first: see _basis
+# Second-order profiles when, on the tree sample's rows, they are within this fraction of every
+# coordinate's within-cell spread of the exact ones: a row can then only change leaf when it lies within
+# ~1% of a split, whose threshold is itself a quantile of ~20 sample rows per leaf (its standard error
+# is 10-20% of the node's spread).
+_TAYLOR_TOL = 1e-2
+PROFILES = ("auto", "exact")
 
 
 @dataclass(frozen=True)
@@ -73,12 +81,19 @@ class LdsSpec:
     factorial distances in standard-error units; ``cooling`` multiplies both at each ILDS iteration.
     ``sample_size`` (for theta_0) defaults to ``max(20000, 20 * size, 10 * p, N / 10)`` rows
     (capped at N); the profile tree is fitted to a sub-sample of ``max(20000, 20 * size)`` of them.
-    ``branching`` is the k-d tree's fan-out per level (fewer levels = fewer joins).
+    ``branching`` is the k-d tree's fan-out per level (fewer levels, more comparisons per level).
+    ``profiles``: ``"auto"`` computes the rows' profiles from their second-order expansion around
+    eta_0 (binomial, gaussian) when its certified error is at most 1% of every coordinate's
+    within-cell spread, else exactly; ``"exact"`` always evaluates the log-likelihood at every
+    design point.
 
-    Defaults from runs on 100k paper-structure rows at M = N/200 (MSE vs the full fit; a uniform
-    sample is ~200): ds = df = 2 (LDS 7.3; ds = df = 1: 9.0, 4: 10.2, 8: 14.8; ILDS(3) 0.24,
-    0.20, 0.31, 0.59), cooling 0.5 (ILDS(3) 0.24 vs 0.66 without cooling), branching 4 (LDS 11.8
-    vs 7.3 for binary splits, ILDS(3) 0.20 vs 0.24, half the join levels).
+    Defaults: geometric mean of the main-effects MSE (vs the full fit) over 12 paper-structure data
+    sets of 40k rows at M = 200 (a uniform sample: ~250), LDS / ILDS(3): ds = df = 2: 49 / 0.90;
+    3: 40 / 0.84; 4: 27 / 0.87; 6: 17 / 0.86; 8: 15 / 0.91 (corners +-2 on each axis, i.e. at
+    distance 6.3 for p = 10: 21 / 0.83). Larger designs help one-pass LDS a little but make the
+    second-order profiles less accurate; 4 keeps them within 1% on 10M rows. Cooling 0.5 (ILDS(3)
+    0.24 vs 0.66 without cooling) and branching 4 (LDS 7.3 vs 11.8 for binary splits, ILDS(3)
+    0.20 vs 0.24) were measured on 100k rows at M = 500 with the earlier scaling.
     """
 
     formula: str
@@ -86,13 +101,14 @@ class LdsSpec:
     family: str = "binomial"
     iterations: int = 1
     init: str = "sample"
-    ds: float = 2.0
-    df: float = 2.0
+    ds: float = 4.0
+    df: float = 4.0
     cooling: float = 0.5
     seed: int = 0
     weight: str = "weight"
     sample_size: int | None = None
     branching: int = 4
+    profiles: str = "auto"
     levels: dict | None = None
 
     def __post_init__(self) -> None:
@@ -107,6 +123,10 @@ class LdsSpec:
         if init not in INITS:
             raise InputError(f"init must be one of {list(INITS)}, got {self.init!r}")
         set_("init", init)
+        prof = str(self.profiles).lower()
+        if prof not in PROFILES:
+            raise InputError(f"profiles must be one of {list(PROFILES)}, got {self.profiles!r}")
+        set_("profiles", prof)
         for name, lo in (("size", 1), ("iterations", 1), ("branching", 2)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
@@ -154,9 +174,13 @@ def fractional_corners(p: int, max_full: int = 5) -> np.ndarray:
 
 
 def ccd(p: int, ds: float, df: float) -> np.ndarray:
-    """Central composite design in whitened units: centre, +-ds on each axis, corners +-df per axis."""
+    """Central composite design in whitened units: the centre, star points +-ds on each axis and
+    factorial corners at distance df from the centre (+-df / sqrt(p) on each axis), so every design
+    point lies within df or ds standard errors of theta_0 whatever p is. Corners at +-df on each axis
+    (distance df sqrt(p)) were tried: equal accuracy at equal radius, but profiles that a
+    second-order expansion cannot follow (see :func:`_coords_sql`)."""
     star = np.vstack([ds * np.eye(p), -ds * np.eye(p)])
-    return np.vstack([np.zeros((1, p)), star, df * fractional_corners(p)])
+    return np.vstack([np.zeros((1, p)), star, df / math.sqrt(p) * fractional_corners(p)])
 
 
 # ---------------------------------------------------------------- the model and its cells
@@ -269,30 +293,115 @@ def _profile_sql(family: str, U: np.ndarray, rows_sql: str) -> str:
     return f"SELECT *, {comma(ls)} FROM (SELECT *, {comma(etas)} FROM ({rows_sql}))"
 
 
+@dataclass(frozen=True)
+class _Basis:
+    """Profile coordinates c = (P @ B - mu) / sd, ``B`` (K x d) the leading principal directions of
+    the sample's profiles; ``mirror`` maps each design point to its mirror image (u -> -u)."""
+
+    B: np.ndarray
+    mu: np.ndarray
+    sd: np.ndarray
+    mirror: np.ndarray
+    spread: np.ndarray  # within-cell sd of each coordinate c_r
+
+
+def _mirror(U: np.ndarray) -> np.ndarray:
+    """Index of -u_k for each design point u_k (the centre is its own mirror)."""
+    where = {tuple(u + 0.0): k for k, u in enumerate(U)}
+    return np.array([where[tuple(-u + 0.0)] for u in U])
+
+
+def _basis(profiles: np.ndarray, cells: np.ndarray, p: int, mirror: np.ndarray, centre_rows: bool = False) -> _Basis:
+    """Leading principal directions of the within-cell centred profiles (d <= p + 1), and their scaling.
+
+    With design points a few standard errors apart and large N, the raw profile distance is all
+    level (the row's log-likelihood at theta_0, i.e. its eta_0): clustering on it alone gives
+    slabs along eta_0, which keep the score at theta_0 but leave the other directions of x nearly
+    unresolved, so the squashed information matrix is ill-conditioned. Whitening every direction
+    (unit variance) loses the eta_0 resolution instead (Jensen bias of one mean point per cluster).
+    The compromise: direction r is divided by sd_r ** _WHITEN * sd_0 ** (1 - _WHITEN), sd_r its
+    spread *within cells* (the tree only ever splits within a cell). Geometric mean of the MSE
+    over 12 paper-structure data sets of 40k rows at M = 200, LDS / ILDS(3): _WHITEN = 0.3:
+    7,400 / 1.7; 0.5: 80 / 1.8; 0.7: 21 / 0.84; 0.85: 13 / 2.7; 1: 22 / 5.3. Scaling by the total
+    spread instead (before 2026-11-24; 49 / 4.3 at 0.5) shrank the directions whose spread is
+    mostly between cells, such as eta_0 itself when the slopes are small: on 1M rows with y
+    independent of 9 normal x the clusters then had 0.2% of the information along theta_0's
+    direction and the squashed fit missed by ~300 SE (now ~1 SE).
+
+    The directions are eigenvectors of the K x K Gram matrix (0.03 s against 0.7 s for the SVD of
+    200k x 53 profiles), each with a fixed sign. Taking them separately in the even and odd parts
+    of profile space (mirror-symmetric and antisymmetric) was tried: it drops the small level
+    component of the score directions and one-pass LDS got 3x worse (geometric mean MSE 145 vs 49
+    over 12 data sets of 40k rows, M = 200)."""
+    if centre_rows:  # drop each row's mean level: terms constant in theta (lgamma(y+1), y^2) go
+        profiles = profiles - profiles.mean(axis=1, keepdims=True)
+    centred = profiles.copy()
+    for c in np.unique(cells):
+        sel = cells == c
+        centred[sel] -= centred[sel].mean(axis=0)
+    w, v = np.linalg.eigh(centred.T @ centred)
+    w, v = w[::-1], v[:, ::-1]
+    keep = max(1, int(min(p + 1, np.sum(w > 1e-14 * max(w[0], 1e-300)))))
+    B = v[:, :keep]
+    B = B * np.where(B[np.abs(B).argmax(axis=0), np.arange(keep)] < 0, -1.0, 1.0)  # a fixed sign per direction
+    if centre_rows:  # (P - rowmean P) B = P (B - column means of B): the SQL stays one linear map
+        B = B - B.mean(axis=0, keepdims=True)
+    mu = (profiles @ B).mean(axis=0)
+    within = (centred @ B).std(axis=0)  # the tree splits within cells: scale by the spread it sees
+    within[within <= 0] = 1.0
+    sd = within ** _WHITEN * within[0] ** (1 - _WHITEN)
+    return _Basis(B, mu, sd, mirror, within / sd)
+
+
 def _list(v) -> str:
     return "[" + ", ".join(literal(float(a)) for a in v) + "]"
 
 
-def _coords_sql(m: _Model, family: str, theta0: np.ndarray, offsets: np.ndarray, B: np.ndarray, mu: np.ndarray,
-                sd: np.ndarray, from_sql: str, carry: list[str]) -> str:
+def _second_order_plan(family: str, exact: np.ndarray, lean: np.ndarray, full: np.ndarray, spread: np.ndarray
+                       ) -> tuple[np.ndarray, float] | None:
+    """Which coordinates need their quadratic term, and the largest error relative to the spread,
+    judged on the sample's rows (exact, without and with the quadratic terms); None when some
+    coordinate misses by more than _TAYLOR_TOL even with it (then the profiles are computed exactly)."""
+    if family not in ("binomial", "gaussian"):  # poisson: exp is cheap, the exact profiles cost little more
+        return None
+    err = lambda c: np.abs(c - exact).max(axis=0, initial=0.0) / spread  # noqa: E731
+    e_lean, e_full = err(lean), err(full)
+    quad = e_lean > _TAYLOR_TOL
+    worst = np.where(quad, e_full, e_lean)
+    return (quad, float(worst.max(initial=0.0))) if np.all(worst <= _TAYLOR_TOL) else None
+
+
+def _coords_sql(m: _Model, family: str, theta0: np.ndarray, offsets: np.ndarray, basis: _Basis, from_sql: str,
+                carry: list[str], quad: np.ndarray | None = None) -> str:
     """Add the profile coordinates ``__dq_c{r}`` = ((P B)_r - mu_r) / sd_r without spelling out P.
 
     Every family's row log-likelihood is l(eta) = y eta - A(eta) - c(y) (binomial: A = softplus,
     c = 0; poisson: A = exp, c = lgamma(y + 1); gaussian: A = eta^2 / 2, c = (y^2 + log 2 pi) / 2),
-    so the projection of the K-point profile on direction B_r is
-    (y x)'(T' B_r) - A(T x)' B_r - c(y) sum(B_r), with T the K x p design points
-    theta_k = theta_0 + offsets_k. Only the K values A(eta_k) are per-row non-linear work. The row's
-    x is one list; eta_0 = x'theta_0 and g_k = x'offsets_k are list dot products, one per mirrored
-    pair of design points (star +-ds, fold-over corners: eta = eta_0 +- g), A is one
-    ``list_transform``, and each coordinate is one dot product of [y x, A(eta)] (C++ loops instead
-    of ~K (p + d) scalar vector operations; 1/sd_r and mu_r folded into the constants).
-    Equal to ``_profile_sql`` followed by the projection, up to rounding."""
+    and design point k has eta_k = eta_0 + g_k with g_k = x'offset_k.
+
+    Exact (default): the projection on B_r is (y x)'(T' B_r) - A(T x)' B_r - c(y) sum(B_r), with T
+    the K x p design points; only the K values A(eta_k) are per-row non-linear work. eta_0 and the
+    g_k are list dot products, one per mirrored pair of design points, A is one ``list_transform``
+    and each coordinate one dot product of [y x, A(eta)].
+
+    Second order (``quad`` given: a flag per coordinate): expand A around eta_0; coordinate r is
+    s_r (y eta_0 - A(eta_0) - c(y)) + (y - A'(eta_0)) a_r'x - A''(eta_0) / 2 x'Q_r x, with
+    s_r = sum_k B_kr, a_r = sum_k B_kr offset_k and Q_r = sum_k B_kr offset_k offset_k' (the
+    quadratic term only where ``quad`` says): one softplus per row instead of K, and p-long dot
+    products instead of K-long ones. Mirrored design points cancel the even powers of g in an odd
+    direction and the odd ones in an even direction, so the error is O(g^3) and O(g^4) there;
+    exact for gaussian (A is quadratic)."""
     xs = [f"({e})" for e in m.design.exprs]
-    A = {"binomial": "greatest(v, 0.0) + ln(1.0 + exp(-abs(v)))", "poisson": "exp(v)",
-         "gaussian": "0.5 * v * v"}[family]
+    keep = [ident(v) for v in m.design.variables] + [f"{_P}cell"] + list(carry)
+    B, mu, sd = basis.B, basis.mu, basis.sd
     cy = {"binomial": None, "poisson": f"lgamma({_P}y + 1.0)",
           "gaussian": f"0.5 * ({_P}y * {_P}y + {math.log(2 * math.pi)!r})"}[family]
-    keep = [ident(v) for v in m.design.variables] + [f"{_P}cell"] + list(carry)
+    inner = (f"SELECT {comma(keep)}, CAST({_P}y AS DOUBLE) AS {_P}y, [{comma(xs)}] AS {_P}x "
+             f"FROM ({from_sql})")
+    if quad is not None:
+        return _second_order_sql(family, theta0, offsets, basis, quad, inner, keep, cy)
+    A = {"binomial": "greatest(v, 0.0) + ln(1.0 + exp(-abs(v)))", "poisson": "exp(v)",
+         "gaussian": "0.5 * v * v"}[family]
     thetas = theta0 + offsets
     # eta_k as eta_0 (centre), eta_0 + g_j or eta_0 - g_j (a mirrored pair), or its own dot product
     gs: list[str] = []
@@ -316,8 +425,6 @@ def _coords_sql(m: _Model, family: str, theta0: np.ndarray, offsets: np.ndarray,
         if cy is not None:
             e += f" - {literal(float(B[:, r].sum() / sd[r]))} * {_P}cy"
         cexpr.append(f"({e} - {literal(float(mu[r] / sd[r]))}) AS {_P}c{r}")
-    inner = (f"SELECT {comma(keep)}, CAST({_P}y AS DOUBLE) AS {_P}y, [{comma(xs)}] AS {_P}x "
-             f"FROM ({from_sql})")
     lin = (f"SELECT {comma(keep)}, {_P}y, {_P}x, list_dot_product({_P}x, {_list(theta0)}) AS {_P}e0"
            + "".join(f", {g}" for g in gs) + f" FROM ({inner})")
     yx = f"[{comma(f'{_P}y * {x}' for x in xs)}]"
@@ -326,52 +433,62 @@ def _coords_sql(m: _Model, family: str, theta0: np.ndarray, offsets: np.ndarray,
     return f"SELECT {comma(keep)}, {comma(cexpr)} FROM ({prof})"
 
 
+def _second_order_sql(family: str, theta0: np.ndarray, offsets: np.ndarray, basis: _Basis, quad: np.ndarray,
+                      inner: str, keep: list[str], cy: str | None) -> str:
+    """The coordinates from the second-order expansion (see :func:`_coords_sql`); binomial and gaussian."""
+    e0 = f"{_P}e0"
+    eta0 = f"SELECT *, list_dot_product({_P}x, {_list(theta0)}) AS {e0} FROM ({inner})"
+    if family == "binomial":  # A = softplus, A' = sigmoid, A'' = A'(1 - A'), all from t = exp(-|eta_0|)
+        t = f"{_P}t"
+        derivs = (f"greatest({e0}, 0.0) + ln(1.0 + {t}) AS {_P}a0, "
+                  f"CASE WHEN {e0} >= 0 THEN 1.0 / (1.0 + {t}) ELSE {t} / (1.0 + {t}) END AS {_P}a1")
+        a2 = f"{_P}a1 * (1.0 - {_P}a1)"
+        pre = f"SELECT *, exp(-abs({e0})) AS {t} FROM ({eta0})"
+    else:  # gaussian: A = eta^2 / 2, A' = eta, A'' = 1 (the expansion is exact)
+        derivs = f"0.5 * {e0} * {e0} AS {_P}a0, {e0} AS {_P}a1"
+        a2 = "1.0"
+        pre = eta0
+    level = f"{_P}y * {e0} - {_P}a0" + (f" - {cy}" if cy else "")
+    dots: list[str] = []  # x'v for the linear forms and the eigenvectors of the quadratic ones
+
+    def dot(v: np.ndarray) -> str:
+        dots.append(f"list_dot_product({_P}x, {_list(v)}) AS {_P}d{len(dots)}")
+        return f"{_P}d{len(dots) - 1}"
+
+    cexpr = []
+    for r in range(basis.B.shape[1]):
+        b = basis.B[:, r] / basis.sd[r]
+        terms = []
+        s_r = float(b.sum())
+        if abs(s_r) > 1e-12 * np.abs(b).sum():
+            terms.append(f"{literal(s_r)} * ({level})")
+        a_r = offsets.T @ b
+        if np.any(np.abs(a_r) > 1e-15 * np.abs(offsets.T) @ np.abs(b)):
+            terms.append(f"({_P}y - {_P}a1) * {dot(a_r)}")
+        if quad[r]:
+            Q = (offsets.T * b) @ offsets
+            lam, V = np.linalg.eigh((Q + Q.T) / 2)
+            big = np.flatnonzero(np.abs(lam) > 1e-12 * max(np.abs(lam).max(initial=0.0), 1e-300))
+            if big.size:
+                quad = " + ".join(f"{literal(float(lam[j]))} * {d} * {d}" for j, d in ((j, dot(V[:, j])) for j in big))
+                terms.append(f"-0.5 * {a2} * ({quad})")
+        terms.append(literal(-float(basis.mu[r] / basis.sd[r])))
+        cexpr.append(f"({' + '.join(terms)}) AS {_P}c{r}")
+    body = f"SELECT *, {derivs}" + "".join(f", {d}" for d in dots) + f" FROM ({pre})"
+    return f"SELECT {comma(keep)}, {comma(cexpr)} FROM ({body})"
+
+
 # ---------------------------------------------------------------- the profile tree
 
 @dataclass(frozen=True)
 class _Tree:
-    """Profile coordinates c = (P @ B - mu) / sd and a k-d tree over them, one root per cell.
+    """A k-d tree over profile coordinates, one root per cell.
 
     ``nodes``: internal nodes (id, dim (1-based), first child id, thresholds padded with +inf)."""
 
-    B: np.ndarray
-    mu: np.ndarray
-    sd: np.ndarray
     nodes: list
     depth: int
     leaves: int
-
-
-def _coords(profiles: np.ndarray, cells: np.ndarray, p: int, centre_rows: bool = False
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Leading principal directions of the within-cell centred profiles (d <= p + 1), and their scaling.
-
-    With design points a few standard errors apart and large N, the raw profile distance is all
-    level (the row's log-likelihood at theta_0, i.e. its eta_0): clustering on it alone gives
-    slabs along eta_0, which keep the score at theta_0 but leave the other directions of x nearly
-    unresolved, so the squashed information matrix is ill-conditioned. Whitening every direction
-    (unit variance) loses the eta_0 resolution instead (Jensen bias of one mean point per cluster).
-    The compromise measured best on the paper-structure simulation: direction r is divided by
-    sd_r ** _WHITEN * sd_0 ** (1 - _WHITEN), with _WHITEN = 0.5 (MSE 7 vs 20 at 0.25 and 18 at
-    0.75, N = 100k, M = 500; whitening fully: ~2700)."""
-    if centre_rows:  # drop each row's mean level: terms constant in theta (lgamma(y+1), y^2) go
-        profiles = profiles - profiles.mean(axis=1, keepdims=True)
-    centred = profiles.copy()
-    for c in np.unique(cells):
-        sel = cells == c
-        centred[sel] -= centred[sel].mean(axis=0)
-    _, s, vt = np.linalg.svd(centred, full_matrices=False)
-    keep = int(min(p + 1, np.sum(s > 1e-9 * max(s[0], 1e-300)))) if s.size else 0
-    keep = max(keep, 1)
-    B = vt[:keep].T
-    if centre_rows:  # (P - rowmean P) B = P (B - column means of B): the SQL stays one linear map
-        B = B - B.mean(axis=0, keepdims=True)
-    coords = profiles @ B
-    mu = coords.mean(axis=0)
-    sd = coords.std(axis=0)
-    sd[sd <= 0] = 1.0
-    sd = sd ** _WHITEN * sd[0] ** (1 - _WHITEN)
-    return B, mu, sd
 
 
 def _allocate(cells: list[tuple[int, int]], size: int, sample_counts: dict[int, int]) -> dict[int, int]:
@@ -413,7 +530,7 @@ def _fit_tree(coords: np.ndarray, cells: np.ndarray, leaves: dict[int, int], n_c
 
     for cid in range(n_cells):
         build(cid, np.flatnonzero(cells == cid), leaves.get(cid, 1), 0)
-    return _Tree(np.empty(0), np.empty(0), np.empty(0), nodes, depth[0], total[0])
+    return _Tree(nodes, depth[0], total[0])
 
 
 def _nodes_table(con: duckdb.DuckDBPyConnection, tree: _Tree, name: str, b: int) -> None:
@@ -469,6 +586,8 @@ class LdsIteration:
     profile_resid: float   # ||summed - weight x pseudo-point profile|| / spread of summed profiles over clusters
     level_resid: float     # the same along the leading principal direction (mostly the level)
     seconds: float
+    profiles: str = "exact"         # how the pass computed the rows' profiles: "exact" or "second-order"
+    profile_error: float | None = None  # second order: max error / spread on the sample's rows
     change_se: float | None = None  # max |theta_new - theta_0| / SE after refitting on this table
 
 
@@ -483,28 +602,43 @@ def _design_from_fit(res) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(res.params, dtype=float), chol
 
 
-def _squash_once(con, m: _Model, spec: LdsSpec, theta0, chol, ds, df, sample_sql, cells_table,
-                 names: dict) -> tuple[pa.Table, LdsIteration, int]:
+def _squash_once(con, m: _Model, spec: LdsSpec, theta0, chol, ds, df, sample_table: str, sample_cut: str,
+                 cells_table: str, names: dict) -> tuple[pa.Table, LdsIteration, int]:
     t0 = time.perf_counter()
     p = len(m.design.exprs)
     U = ccd(p, ds, df)
     K = len(U)
     lnames = [f"{_P}l{k}" for k in range(K)]
-    # the sample's profiles (small), for the principal directions and the tree
-    srows = _rows_sql(m, theta0, chol, sample_sql)
-    sp = con.execute(f"SELECT {_P}cell, {comma(lnames)} FROM ({_profile_sql(spec.family, U, srows)})").fetchnumpy()
+    # the sample's profiles (small), for the principal directions and the tree; rows in rowid order
+    sample_rows = f"SELECT *, rowid AS {_P}rid FROM {ident(sample_table)} WHERE {sample_cut}"
+    srows = _rows_sql(m, theta0, chol, sample_rows, (f"{_P}rid",))
+    sp = con.execute(f"SELECT {_P}cell, {comma(lnames)} FROM ({_profile_sql(spec.family, U, srows)}) "
+                     f"ORDER BY {_P}rid").fetchnumpy()
     scells = np.asarray(sp[f"{_P}cell"], dtype=np.int64)
     P = np.column_stack([np.asarray(sp[k], dtype=float) for k in lnames])
-    B, mu, sd = _coords(P, scells, p, _CENTRE_ROWS and spec.family != "binomial")
-    d = B.shape[1]
-    C = (P @ B - mu) / sd
+    basis = _basis(P, scells, p, _mirror(U), _CENTRE_ROWS and spec.family != "binomial")
+    d = basis.B.shape[1]
+    C = (P @ basis.B - basis.mu) / basis.sd
+    offsets = U @ chol.T
+    # second-order profiles where, on the sample's rows, they are within 1% of every coordinate's spread
+    quad, rel = None, None
+    if spec.profiles == "auto" and spec.family in ("binomial", "gaussian"):
+        def sample_coords(flags: np.ndarray) -> np.ndarray:
+            q = _coords_sql(m, spec.family, theta0, offsets, basis, sample_rows, [f"{_P}rid"], flags)
+            got = con.execute(f"SELECT {comma(f'{_P}c{r}' for r in range(d))} FROM ({q}) ORDER BY {_P}rid").fetchnumpy()
+            return np.column_stack([np.asarray(got[f"{_P}c{r}"], dtype=float) for r in range(d)])
+
+        plan = _second_order_plan(spec.family, C, sample_coords(np.zeros(d, bool)), sample_coords(np.ones(d, bool)),
+                                  basis.spread)
+        if plan is not None:
+            quad, rel = plan
     counts = {int(c): int(n) for c, n in zip(*np.unique(scells, return_counts=True))}
     leaves = _allocate(m.cells, spec.size, counts)
     tree = _fit_tree(C, scells, leaves, len(m.cells), spec.branching)
     _nodes_table(con, tree, names["nodes"], spec.branching)
 
     def coords_sql(from_sql: str, carry: list[str]) -> str:
-        return _coords_sql(m, spec.family, theta0, U @ chol.T, B, mu, sd, from_sql, carry)
+        return _coords_sql(m, spec.family, theta0, offsets, basis, from_sql, carry, quad)
 
     # the squash pass over all rows: profile -> coordinates -> tree descent -> one GROUP BY
     rows = coords_sql(_with_cell_sql(m, _keyed_sql(m), cells_table), [])
@@ -531,7 +665,8 @@ def _squash_once(con, m: _Model, spec: LdsSpec, theta0, chol, ds, df, sample_sql
     level_resid = float(np.linalg.norm(R[:, 0]) / max(np.linalg.norm(spread[:, 0]), 1e-300))
     out_cols = [ident(v) for v in m.design.variables] + [f"{_P}w AS {ident(spec.weight)}"]
     table = con.sql(f"SELECT {comma(out_cols)} FROM {ident(names['clusters'])} ORDER BY {_P}node").to_arrow_table()
-    it = LdsIteration(theta0, ds, df, table.num_rows, prof_resid, level_resid, time.perf_counter() - t0)
+    it = LdsIteration(theta0, ds, df, table.num_rows, prof_resid, level_resid, time.perf_counter() - t0,
+                      "exact" if quad is None else "second-order", rel)
     return table, it, K
 
 
@@ -568,8 +703,10 @@ class LdsReport:
                  f"init={self.params['init']})"]
         for i, it in enumerate(self.iterations, 1):
             ch = "" if it.change_se is None else f", refit moved theta by max {it.change_se:.3g} SE"
-            lines.append(f"iteration {i}   ds={it.ds:.3g} df={it.df:.3g}: {it.n_points:,} points, profile-match "
-                         f"residual {it.profile_resid:.2e} (level {it.level_resid:.2e}){ch}, {it.seconds:.2f}s")
+            bound = "" if it.profile_error is None else f" (max error {it.profile_error:.1e} of the spread)"
+            lines.append(f"iteration {i}   ds={it.ds:.3g} df={it.df:.3g}: {it.n_points:,} points, {it.profiles} "
+                         f"profiles{bound}, profile-match residual {it.profile_resid:.2e} "
+                         f"(level {it.level_resid:.2e}){ch}, {it.seconds:.2f}s")
         lines.append("time          " + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()))
         return "\n".join(lines)
 
@@ -626,8 +763,8 @@ def squash_lds_to_arrow(con: duckdb.DuckDBPyConnection, source: object, spec: Ld
         passes += 1
         n_s = con.execute(f"SELECT count(*) FROM {ident(names['sample'])}").fetchall()[0][0]
         # the tree is fitted to a sub-sample (same hash, lower cut) of at most ~tree_want rows
-        tree_cut = int(min(1.0, tree_want / m.n_rows) * 2.0 ** 64)
-        tree_from = f"SELECT * FROM {ident(names['sample'])} WHERE {_P}h < {min(tree_cut, 2 ** 64 - 1)}::UBIGINT"
+        tree_cut = min(int(min(1.0, tree_want / m.n_rows) * 2.0 ** 64), 2 ** 64 - 1)
+        tree_where = f"{_P}h < {tree_cut}::UBIGINT"
         if n_s < p + 1:
             raise InputError(f"the sample has {n_s} rows, too few for {p} parameters; raise sample_size")
         timings["sample"] = time.perf_counter() - t
@@ -669,7 +806,8 @@ def squash_lds_to_arrow(con: duckdb.DuckDBPyConnection, source: object, spec: Ld
                 timings["refit"] = timings.get("refit", 0.0) + time.perf_counter() - t
             t = time.perf_counter()
             with progress_bar(con, f"squash {i + 1}", show_progress):
-                table, it, K = _squash_once(con, m, spec, theta0, chol, ds, df, tree_from, names["cells"], names)
+                table, it, K = _squash_once(con, m, spec, theta0, chol, ds, df, names["sample"], tree_where,
+                                            names["cells"], names)
             passes += 1
             its.append(it)
             timings[f"squash{i + 1}" if spec.iterations > 1 else "squash"] = time.perf_counter() - t

@@ -30,13 +30,13 @@ def literal(value: object) -> str:
     if isinstance(value, bool):
         return "TRUE" if value else "FALSE"
     if isinstance(value, int):
-        return str(value)
+        return str(value) if value >= 0 else f"({value})"  # parenthesised: '-' + '-1' would open a comment
     if isinstance(value, float):
         if math.isnan(value):
             return "'NaN'::DOUBLE"
         if math.isinf(value):
             return "'Infinity'::DOUBLE" if value > 0 else "'-Infinity'::DOUBLE"
-        return repr(value) + "::DOUBLE"
+        return repr(value) + "::DOUBLE" if math.copysign(1.0, value) > 0 else f"({value!r}::DOUBLE)"
     if isinstance(value, str):
         if "\x00" in value:
             raise ValueError("an SQL string literal cannot contain a NUL character")

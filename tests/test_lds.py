@@ -8,7 +8,7 @@ import statsmodels.api as sm
 
 import duckquash
 from duckquash import InputError
-from duckquash._lds import ccd, fractional_corners
+from duckquash._lds import _TAYLOR_TOL, ccd, fractional_corners
 
 from .conftest import paper_like
 
@@ -143,3 +143,69 @@ def test_odd_column_names(con, df):
     assert set(cols) == {"de'fected", 'my x"1', "x2", "a 1", "w t"}
     assert con.execute('SELECT sum("w t") FROM "odd out"').fetchall()[0][0] == pytest.approx(5_000)
     assert res.n_points <= 50
+
+
+def _coordinates(con, family: str, formula: str, spread: float):
+    """Exact profile coordinates of every row of ``calls``, and the second-order ones without and with
+    the quadratic terms, and each coordinate's within-cell spread."""
+    from duckquash import _lds as L
+    from duckquash._glm import glm
+    from duckquash._source import resolve
+
+    spec = L.LdsSpec(formula=formula, size=100, family=family)
+    m = L._model(con, resolve(con, "calls"), spec)
+    con.execute("DROP TABLE IF EXISTS cells")
+    L._cells_pass(con, m, spec, "cells")
+    theta0, chol = L._design_from_fit(glm(con, "calls", formula, family))
+    U = L.ccd(len(theta0), spread, spread)
+    rows = L._with_cell_sql(m, L._keyed_sql(m), "cells")
+    lnames = [f"__dq_l{k}" for k in range(len(U))]
+    prof = con.execute(f"SELECT __dq_cell, {', '.join(lnames)} FROM "
+                       f"({L._profile_sql(family, U, L._rows_sql(m, theta0, chol, rows))})").fetchnumpy()
+    P = np.column_stack([prof[k] for k in lnames])
+    basis = L._basis(P, prof["__dq_cell"], len(theta0), L._mirror(U), family != "binomial")
+    d = basis.B.shape[1]
+    get = lambda quad: np.column_stack(list(con.execute(  # noqa: E731
+        f"SELECT {', '.join(f'__dq_c{r}' for r in range(d))} FROM "
+        f"({L._coords_sql(m, family, theta0, U @ chol.T, basis, rows, [], quad)})").fetchnumpy().values()))
+    exact = get(None)
+    assert np.allclose(exact, (P @ basis.B - basis.mu) / basis.sd, atol=1e-8)  # the exact path is the profile
+    return exact, get(np.zeros(d, bool)), get(np.ones(d, bool)), basis.spread
+
+
+def test_second_order_profiles_converge_at_third_order(calls):
+    """The expansion's error relative to each coordinate's spread falls like the design's spread
+    squared (error O(g^3), spread O(g)): halving ds = df divides it by ~4; the quadratic terms help."""
+    errs = []
+    for spread in (0.4, 0.2, 0.1):
+        exact, lean, full, within = _coordinates(calls, "binomial", F, spread)
+        e_full = (np.abs(full - exact).max(axis=0) / within).max()
+        assert 0 < e_full <= (np.abs(lean - exact).max(axis=0) / within).max()
+        errs.append(e_full)
+    ratios = np.array(errs[:-1]) / np.array(errs[1:])
+    print("second-order error / spread at ds = df = 0.4, 0.2, 0.1:", errs)
+    assert np.all((ratios > 3) & (ratios < 5.5)), (errs, ratios)
+    assert errs[-1] < 1e-2  # design points 0.1 SE apart: within the 'auto' tolerance
+
+
+def test_second_order_profiles_exact_for_gaussian(calls):
+    exact, _, full, _ = _coordinates(calls, "gaussian", "x1 ~ x2 + x3 + C(a1)", 2.0)
+    assert np.allclose(full, exact, rtol=1e-9, atol=1e-9 * np.abs(exact).max())
+
+
+def test_profiles_auto_picks_second_order_only_within_tolerance(calls):
+    """At 40k rows with design points 2 SE apart the bound is far above 1%: 'auto' stays exact; with
+    ds = df = 0.01 it switches to second order and the squash matches the exact one closely."""
+    a = duckquash.squash(calls, "calls", method="lds", formula=F, size=M, into="a").report.iterations[0]
+    assert a.profiles == "exact" and a.profile_error is None
+    kw = {"formula": F, "size": M, "ds": 0.01, "df": 0.01}
+    b = duckquash.squash(calls, "calls", method="lds", into="b", **kw)
+    c = duckquash.squash(calls, "calls", method="lds", into="c", profiles="exact", **kw)
+    assert b.report.iterations[0].profiles == "second-order" and b.report.iterations[0].profile_error <= _TAYLOR_TOL
+    assert c.report.iterations[0].profiles == "exact"
+    tb, tc = b.relation.df(), c.relation.df()
+    assert len(tb) == len(tc)
+    # the same clusters up to rows within 1% of a split: the squashed fits agree to a fraction of an
+    # SE (mean z^2 0.014 seen; freq weights sum to N, so bse is at the full-data scale)
+    fb, fc = _fit(tb, tb["weight"].to_numpy()), _fit(tc, tc["weight"].to_numpy())
+    assert _mse(fb, fc) < 0.05, _mse(fb, fc)

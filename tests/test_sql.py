@@ -2,6 +2,7 @@
 import math
 
 import duckdb
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,6 +29,15 @@ def test_literal_round_trip(value):
         assert math.isnan(got)
     else:
         assert got == value and type(got) is type(value)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.one_of(st.floats(allow_nan=False, allow_infinity=False, min_value=-1e300, max_value=1e300),
+                 st.integers(-2**62, 2**62)))
+def test_literal_after_minus_is_subtraction(value):
+    """'1 -' followed by a negative literal is arithmetic, never the start of a '--' comment."""
+    got = duckdb.connect().execute(f"SELECT 1 -{literal(value)}, 7").fetchall()[0]
+    assert got[1] == 7 and got[0] == pytest.approx(1 - value, rel=1e-12, abs=1e-12)
 
 
 def test_injection_is_inert():
