@@ -357,13 +357,12 @@ def _list(v) -> str:
     return "[" + ", ".join(literal(float(a)) for a in v) + "]"
 
 
-def _second_order_plan(family: str, exact: np.ndarray, lean: np.ndarray, full: np.ndarray, spread: np.ndarray
+def _second_order_plan(exact: np.ndarray, lean: np.ndarray, full: np.ndarray, spread: np.ndarray
                        ) -> tuple[np.ndarray, float] | None:
     """Which coordinates need their quadratic term, and the largest error relative to the spread,
-    judged on the sample's rows (exact, without and with the quadratic terms); None when some
-    coordinate misses by more than _TAYLOR_TOL even with it (then the profiles are computed exactly)."""
-    if family not in ("binomial", "gaussian"):  # poisson: exp is cheap, the exact profiles cost little more
-        return None
+    judged on the sample's rows: exact coordinates, second-order ones without quadratic terms
+    (``lean``) and with them where ``lean`` misses (``full``); None when some coordinate misses by
+    more than _TAYLOR_TOL even with them (then the profiles are computed exactly)."""
     err = lambda c: np.abs(c - exact).max(axis=0, initial=0.0) / spread  # noqa: E731
     e_lean, e_full = err(lean), err(full)
     quad = e_lean > _TAYLOR_TOL
@@ -470,8 +469,8 @@ def _second_order_sql(family: str, theta0: np.ndarray, offsets: np.ndarray, basi
             lam, V = np.linalg.eigh((Q + Q.T) / 2)
             big = np.flatnonzero(np.abs(lam) > 1e-12 * max(np.abs(lam).max(initial=0.0), 1e-300))
             if big.size:
-                quad = " + ".join(f"{literal(float(lam[j]))} * {d} * {d}" for j, d in ((j, dot(V[:, j])) for j in big))
-                terms.append(f"-0.5 * {a2} * ({quad})")
+                form = " + ".join(f"{literal(float(lam[j]))} * {d} * {d}" for j, d in ((j, dot(V[:, j])) for j in big))
+                terms.append(f"-0.5 * {a2} * ({form})")
         terms.append(literal(-float(basis.mu[r] / basis.sd[r])))
         cexpr.append(f"({' + '.join(terms)}) AS {_P}c{r}")
     body = f"SELECT *, {derivs}" + "".join(f", {d}" for d in dots) + f" FROM ({pre})"
@@ -519,14 +518,17 @@ def _fit_tree(coords: np.ndarray, cells: np.ndarray, leaves: dict[int, int], n_c
         x = coords[rows]
         dim = int(np.argmax(x.var(axis=0)))
         v = x[:, dim]
-        q = np.cumsum(parts)[:-1] / want
-        thr = np.quantile(v, q, method="inverted_cdf") if q.size else np.array([])
+        # inverted-CDF quantiles at cumsum(parts) / want (as np.quantile, without its overhead)
+        pos = np.clip(np.ceil(v.size * (np.cumsum(parts)[:-1] / want)).astype(np.int64) - 1, 0, v.size - 1)
+        thr = np.partition(v, pos)[pos] if pos.size else np.array([])
         first = next_id[0]
         next_id[0] += k
         bins = np.searchsorted(thr, v, side="right")  # number of thresholds <= v
         nodes.append((node, dim + 1, first, [float(t) for t in thr] + [math.inf] * (b - 1 - thr.size)))
+        grouped = rows[np.argsort(bins, kind="stable")]
+        ends = np.cumsum(np.bincount(bins, minlength=k)).tolist()
         for j in range(k):
-            build(first + j, rows[bins == j], parts[j], level + 1)
+            build(first + j, grouped[(ends[j - 1] if j else 0):ends[j]], parts[j], level + 1)
 
     for cid in range(n_cells):
         build(cid, np.flatnonzero(cells == cid), leaves.get(cid, 1), 0)
@@ -622,14 +624,15 @@ def _squash_once(con, m: _Model, spec: LdsSpec, theta0, chol, ds, df, sample_tab
     offsets = U @ chol.T
     # second-order profiles where, on the sample's rows, they are within 1% of every coordinate's spread
     quad, rel = None, None
-    if spec.profiles == "auto" and spec.family in ("binomial", "gaussian"):
+    if spec.profiles == "auto" and spec.family in ("binomial", "gaussian"):  # poisson: exp is cheap anyway
         def sample_coords(flags: np.ndarray) -> np.ndarray:
             q = _coords_sql(m, spec.family, theta0, offsets, basis, sample_rows, [f"{_P}rid"], flags)
             got = con.execute(f"SELECT {comma(f'{_P}c{r}' for r in range(d))} FROM ({q}) ORDER BY {_P}rid").fetchnumpy()
             return np.column_stack([np.asarray(got[f"{_P}c{r}"], dtype=float) for r in range(d)])
 
-        plan = _second_order_plan(spec.family, C, sample_coords(np.zeros(d, bool)), sample_coords(np.ones(d, bool)),
-                                  basis.spread)
+        lean = sample_coords(np.zeros(d, bool))
+        need = np.abs(lean - C).max(axis=0, initial=0.0) > _TAYLOR_TOL * basis.spread
+        plan = _second_order_plan(C, lean, sample_coords(need) if need.any() else lean, basis.spread)
         if plan is not None:
             quad, rel = plan
     counts = {int(c): int(n) for c, n in zip(*np.unique(scells, return_counts=True))}
