@@ -182,7 +182,7 @@ def speed(rows: int, branching: int = 4) -> None:
     between = glm(con, "big_auto", formula, "binomial", weight="weight").params - \
         glm(con, "big_exact", formula, "binomial", weight="weight").params
     _uniform(con, "big", rows, m, 0, "big_unif")
-    print(f"  second-order vs exact profiles: mean z^2 between the two squashed fits {np.mean((between / full.bse) ** 2):.3f}; "
+    print(f"  second-order vs exact profiles: mean z^2 between the two squashed fits {np.mean((between / full.bse) ** 2):.2e}; "
           f"uniform sample of {m:,} rows: MSE {_mse(con, 'big_unif', formula, full):.1f}")
     print(f"  LDS {times['auto']:.2f}s / one glm IRLS pass {one:.2f}s = ratio {times['auto'] / one:.1f}x (target <= 10x)")
 

@@ -604,37 +604,46 @@ def _design_from_fit(res) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(res.params, dtype=float), chol
 
 
-def _squash_once(con, m: _Model, spec: LdsSpec, theta0, chol, ds, df, sample_table: str, sample_cut: str,
+def _squash_once(con, m: _Model, spec: LdsSpec, theta0, chol, ds, df, sample_table: str, cuts: tuple[int, int],
                  cells_table: str, names: dict) -> tuple[pa.Table, LdsIteration, int]:
+    """One squash pass. ``cuts``: hash cuts of the sample's rows for the principal directions (and
+    the second-order check) and for the tree (the first is a subset of the second)."""
     t0 = time.perf_counter()
     p = len(m.design.exprs)
     U = ccd(p, ds, df)
     K = len(U)
     lnames = [f"{_P}l{k}" for k in range(K)]
-    # the sample's profiles (small), for the principal directions and the tree; rows in rowid order
-    sample_rows = f"SELECT *, rowid AS {_P}rid FROM {ident(sample_table)} WHERE {sample_cut}"
-    srows = _rows_sql(m, theta0, chol, sample_rows, (f"{_P}rid",))
+    rows_below = lambda cut: (f"SELECT *, rowid AS {_P}rid FROM {ident(sample_table)} "  # noqa: E731
+                              f"WHERE {_P}h < {cut}::UBIGINT")
+    pca_rows, tree_rows = rows_below(cuts[0]), rows_below(cuts[1])
+    # exact profiles of a sample's rows (in rowid order): principal directions, the second-order check
+    srows = _rows_sql(m, theta0, chol, pca_rows, (f"{_P}rid",))
     sp = con.execute(f"SELECT {_P}cell, {comma(lnames)} FROM ({_profile_sql(spec.family, U, srows)}) "
                      f"ORDER BY {_P}rid").fetchnumpy()
-    scells = np.asarray(sp[f"{_P}cell"], dtype=np.int64)
     P = np.column_stack([np.asarray(sp[k], dtype=float) for k in lnames])
-    basis = _basis(P, scells, p, _mirror(U), _CENTRE_ROWS and spec.family != "binomial")
+    basis = _basis(P, np.asarray(sp[f"{_P}cell"], dtype=np.int64), p, _mirror(U),
+                   _CENTRE_ROWS and spec.family != "binomial")
     d = basis.B.shape[1]
-    C = (P @ basis.B - basis.mu) / basis.sd
     offsets = U @ chol.T
+
+    def sample_coords(rows: str, flags: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        q = _coords_sql(m, spec.family, theta0, offsets, basis, rows, [f"{_P}rid"], flags)
+        got = con.execute(f"SELECT {_P}cell, {comma(f'{_P}c{r}' for r in range(d))} FROM ({q}) "
+                          f"ORDER BY {_P}rid").fetchnumpy()
+        return (np.column_stack([np.asarray(got[f"{_P}c{r}"], dtype=float) for r in range(d)]),
+                np.asarray(got[f"{_P}cell"], dtype=np.int64))
+
     # second-order profiles where, on the sample's rows, they are within 1% of every coordinate's spread
     quad, rel = None, None
     if spec.profiles == "auto" and spec.family in ("binomial", "gaussian"):  # poisson: exp is cheap anyway
-        def sample_coords(flags: np.ndarray) -> np.ndarray:
-            q = _coords_sql(m, spec.family, theta0, offsets, basis, sample_rows, [f"{_P}rid"], flags)
-            got = con.execute(f"SELECT {comma(f'{_P}c{r}' for r in range(d))} FROM ({q}) ORDER BY {_P}rid").fetchnumpy()
-            return np.column_stack([np.asarray(got[f"{_P}c{r}"], dtype=float) for r in range(d)])
-
-        lean = sample_coords(np.zeros(d, bool))
-        need = np.abs(lean - C).max(axis=0, initial=0.0) > _TAYLOR_TOL * basis.spread
-        plan = _second_order_plan(C, lean, sample_coords(need) if need.any() else lean, basis.spread)
+        exact = (P @ basis.B - basis.mu) / basis.sd
+        lean = sample_coords(pca_rows, np.zeros(d, bool))[0]
+        need = np.abs(lean - exact).max(axis=0, initial=0.0) > _TAYLOR_TOL * basis.spread
+        plan = _second_order_plan(exact, lean, sample_coords(pca_rows, need)[0] if need.any() else lean, basis.spread)
         if plan is not None:
             quad, rel = plan
+    # the tree, on the coordinates the rows will have in the squash pass
+    C, scells = sample_coords(tree_rows, quad)
     counts = {int(c): int(n) for c, n in zip(*np.unique(scells, return_counts=True))}
     leaves = _allocate(m.cells, spec.size, counts)
     tree = _fit_tree(C, scells, leaves, len(m.cells), spec.branching)
@@ -765,9 +774,10 @@ def squash_lds_to_arrow(con: duckdb.DuckDBPyConnection, source: object, spec: Ld
                         f"{_with_cell_sql(m, f'SELECT * FROM (SELECT *, {h} AS {_P}h FROM ({keyed})){cut}', names['cells'])}")
         passes += 1
         n_s = con.execute(f"SELECT count(*) FROM {ident(names['sample'])}").fetchall()[0][0]
-        # the tree is fitted to a sub-sample (same hash, lower cut) of at most ~tree_want rows
-        tree_cut = min(int(min(1.0, tree_want / m.n_rows) * 2.0 ** 64), 2 ** 64 - 1)
-        tree_where = f"{_P}h < {tree_cut}::UBIGINT"
+        # the tree is fitted to a sub-sample (same hash, lower cut) of at most ~tree_want rows, the
+        # principal directions to one of at most ~50k of those
+        cut = lambda n: min(int(min(1.0, n / m.n_rows) * 2.0 ** 64), 2 ** 64 - 1)  # noqa: E731
+        cuts = (cut(min(tree_want, 50_000)), cut(tree_want))
         if n_s < p + 1:
             raise InputError(f"the sample has {n_s} rows, too few for {p} parameters; raise sample_size")
         timings["sample"] = time.perf_counter() - t
@@ -809,7 +819,7 @@ def squash_lds_to_arrow(con: duckdb.DuckDBPyConnection, source: object, spec: Ld
                 timings["refit"] = timings.get("refit", 0.0) + time.perf_counter() - t
             t = time.perf_counter()
             with progress_bar(con, f"squash {i + 1}", show_progress):
-                table, it, K = _squash_once(con, m, spec, theta0, chol, ds, df, names["sample"], tree_where,
+                table, it, K = _squash_once(con, m, spec, theta0, chol, ds, df, names["sample"], cuts,
                                             names["cells"], names)
             passes += 1
             its.append(it)
