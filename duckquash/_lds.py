@@ -296,22 +296,15 @@ def _profile_sql(family: str, U: np.ndarray, rows_sql: str) -> str:
 @dataclass(frozen=True)
 class _Basis:
     """Profile coordinates c = (P @ B - mu) / sd, ``B`` (K x d) the leading principal directions of
-    the sample's profiles; ``mirror`` maps each design point to its mirror image (u -> -u)."""
+    the sample's profiles; ``spread`` is each coordinate's within-cell sd."""
 
     B: np.ndarray
     mu: np.ndarray
     sd: np.ndarray
-    mirror: np.ndarray
-    spread: np.ndarray  # within-cell sd of each coordinate c_r
+    spread: np.ndarray
 
 
-def _mirror(U: np.ndarray) -> np.ndarray:
-    """Index of -u_k for each design point u_k (the centre is its own mirror)."""
-    where = {tuple(u + 0.0): k for k, u in enumerate(U)}
-    return np.array([where[tuple(-u + 0.0)] for u in U])
-
-
-def _basis(profiles: np.ndarray, cells: np.ndarray, p: int, mirror: np.ndarray, centre_rows: bool = False) -> _Basis:
+def _basis(profiles: np.ndarray, cells: np.ndarray, p: int, centre_rows: bool = False) -> _Basis:
     """Leading principal directions of the within-cell centred profiles (d <= p + 1), and their scaling.
 
     With design points a few standard errors apart and large N, the raw profile distance is all
@@ -350,7 +343,7 @@ def _basis(profiles: np.ndarray, cells: np.ndarray, p: int, mirror: np.ndarray, 
     within = (centred @ B).std(axis=0)  # the tree splits within cells: scale by the spread it sees
     within[within <= 0] = 1.0
     sd = within ** _WHITEN * within[0] ** (1 - _WHITEN)
-    return _Basis(B, mu, sd, mirror, within / sd)
+    return _Basis(B, mu, sd, within / sd)
 
 
 def _list(v) -> str:
@@ -621,8 +614,7 @@ def _squash_once(con, m: _Model, spec: LdsSpec, theta0, chol, ds, df, sample_tab
     sp = con.execute(f"SELECT {_P}cell, {comma(lnames)} FROM ({_profile_sql(spec.family, U, srows)}) "
                      f"ORDER BY {_P}rid").fetchnumpy()
     P = np.column_stack([np.asarray(sp[k], dtype=float) for k in lnames])
-    basis = _basis(P, np.asarray(sp[f"{_P}cell"], dtype=np.int64), p, _mirror(U),
-                   _CENTRE_ROWS and spec.family != "binomial")
+    basis = _basis(P, np.asarray(sp[f"{_P}cell"], dtype=np.int64), p, _CENTRE_ROWS and spec.family != "binomial")
     d = basis.B.shape[1]
     offsets = U @ chol.T
 
