@@ -29,9 +29,12 @@ Everything that touches the rows is generated SQL:
    softplus per row instead of K; the descent is one ``list_extract`` projection per tree level
    against a one-row table of node lists (no join per level).
 
-Not done: the paper's optional refinement of each pseudo-point to match its cluster's summed
-profile (the report gives the match residuals of the plain cluster means), and a Lloyd-style
-re-assignment pass after the tree (the tree leaves are the clusters).
+The paper's optional refinement (``refine=True``) moves each pseudo-point's quantitative variables,
+within its cluster's range, so that weight x its profile matches the cluster's summed profile in
+the d coordinates (damped Gauss-Newton, all clusters at once). On 6 paper-structure data sets of
+40k rows at M = 200 it lowered the match residual by ~35% (there are more coordinates than movable
+variables) but not the coefficient error (geometric-mean MSE 29 against 21 without), so it is off
+by default. Not done: a Lloyd-style re-assignment pass after the tree (the leaves are the clusters).
 
 ILDS (``iterations=k``) re-centres the design and reruns the squash pass, shrinking ds and df by
 ``cooling`` each time. The paper re-centres on the squashed table's MLE; here that diverged
@@ -82,6 +85,8 @@ class LdsSpec:
     ``sample_size`` (for theta_0) defaults to ``max(20000, 20 * size, 10 * p, N / 10)`` rows
     (capped at N); the profile tree is fitted to a sub-sample of ``max(20000, 20 * size)`` of them.
     ``branching`` is the k-d tree's fan-out per level (fewer levels, more comparisons per level).
+    ``refine``: move each pseudo-point (its quantitative variables, within the cluster's range) so
+    that weight x its profile matches the cluster's summed profile (the paper's optional step).
     ``profiles``: ``"auto"`` computes the rows' profiles from their second-order expansion around
     eta_0 (binomial, gaussian) when its certified error is at most 1% of every coordinate's
     within-cell spread, else exactly; ``"exact"`` always evaluates the log-likelihood at every
@@ -109,6 +114,7 @@ class LdsSpec:
     sample_size: int | None = None
     branching: int = 4
     profiles: str = "auto"
+    refine: bool = False
     levels: dict | None = None
 
     def __post_init__(self) -> None:
@@ -145,6 +151,8 @@ class LdsSpec:
                 raise InputError(f"{name} must be a finite number > 0{' and <= 1' if name == 'cooling' else ''}, "
                                  f"got {getattr(self, name)!r}")
             set_(name, v)
+        if not isinstance(self.refine, bool):
+            raise InputError(f"refine must be True or False, got {self.refine!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
             raise InputError(f"seed must be an integer, got {self.seed!r}")
         if not isinstance(self.weight, str) or not self.weight or self.weight.startswith(_P):
@@ -583,6 +591,7 @@ class LdsIteration:
     seconds: float
     profiles: str = "exact"         # how the pass computed the rows' profiles: "exact" or "second-order"
     profile_error: float | None = None  # second order: max error / spread on the sample's rows
+    refined_resid: float | None = None  # profile-match residual after the refinement (refine=True)
     change_se: float | None = None  # max |theta_new - theta_0| / SE after refitting on this table
 
 
@@ -595,6 +604,48 @@ def _design_from_fit(res) -> tuple[np.ndarray, np.ndarray]:
         w, v = np.linalg.eigh(cov)
         chol = v * np.sqrt(np.clip(w, 0, None))
     return np.asarray(res.params, dtype=float), chol
+
+
+def _refine(clusters: pa.Table, movable: list[str], w: np.ndarray, S: np.ndarray, coords_of,
+            steps: int = 4) -> tuple[pa.Table, np.ndarray]:
+    """The paper's optional refinement: move each pseudo-point's quantitative variables (within its
+    cluster's range) so that weight x its profile matches the cluster's summed profile, in the d
+    profile coordinates; damped Gauss-Newton with forward-difference Jacobians, all clusters at
+    once (one small SQL query per step). A cluster keeps its last point that lowered its residual."""
+    X = np.column_stack([clusters.column(v).to_numpy() for v in movable])
+    lo = np.column_stack([clusters.column(f"{_P}min{j}").to_numpy() for j in range(len(movable))])
+    hi = np.column_stack([clusters.column(f"{_P}max{j}").to_numpy() for j in range(len(movable))])
+    h = 1e-6 * np.maximum(np.abs(X), (hi - lo).max(axis=0, initial=0.0) + 1e-300)
+    n, q = X.shape
+
+    def with_x(Z: np.ndarray, rows: np.ndarray) -> pa.Table:
+        t = clusters.take(pa.array(rows))
+        for j, v in enumerate(movable):
+            t = t.set_column(t.schema.get_field_index(v), v, pa.array(Z[:, j]))
+        return t
+
+    R = S - coords_of(clusters) * w[:, None]
+    best = np.einsum("ij,ij->i", R, R)
+    for _ in range(steps):
+        # base points and the q perturbed copies of every cluster, evaluated in one query
+        rows = np.tile(np.arange(n), q + 1)
+        Z = np.tile(X, (q + 1, 1))
+        for j in range(q):
+            Z[(j + 1) * n:(j + 2) * n, j] += h[:, j]
+        c = coords_of(with_x(Z, rows)).reshape(q + 1, n, -1)
+        J = (c[1:] - c[0]).transpose(1, 2, 0) / h[:, None, :] * w[:, None, None]  # n x d x q
+        r = S - c[0] * w[:, None]
+        A = np.einsum("ndi,ndj->nij", J, J)
+        g = np.einsum("ndi,nd->ni", J, r)
+        A += 1e-6 * np.einsum("nii->n", A)[:, None, None] * np.eye(q) + 1e-300 * np.eye(q)
+        X_new = np.clip(X + np.linalg.solve(A, g[..., None])[..., 0], lo, hi)
+        R_new = S - coords_of(with_x(X_new, np.arange(n))) * w[:, None]
+        new = np.einsum("ij,ij->i", R_new, R_new)
+        better = new < best
+        X[better], R[better], best[better] = X_new[better], R_new[better], new[better]
+        if not better.any():
+            break
+    return with_x(X, np.arange(n)), R
 
 
 def _squash_once(con, m: _Model, spec: LdsSpec, theta0, chol, ds, df, sample_table: str, cuts: tuple[int, int],
@@ -649,28 +700,40 @@ def _squash_once(con, m: _Model, spec: LdsSpec, theta0, chol, ds, df, sample_tab
     walked = _descend_sql(rows, tree, names["nodes"], spec.branching, d)
     outs = [f"any_value({ident(v)}) AS {ident(v)}" for v in m.categorical]
     outs += [f"avg(CAST({ident(v)} AS DOUBLE)) AS {ident(v)}" for v in m.quantitative]
+    movable = [v for v in m.quantitative if ident(v) not in m.y] if spec.refine else []
+    outs += [f"{fn}(CAST({ident(v)} AS DOUBLE)) AS {_P}{fn}{j}" for j, v in enumerate(movable) for fn in ("min", "max")]
     sums = [f"sum({_P}c{r}) AS {_P}s{r}" for r in range(d)]
     agg = (f"SELECT {_P}node, count(*)::DOUBLE AS {_P}w, {comma(outs)}, {comma(sums)} "
-           f"FROM ({walked}) GROUP BY {_P}node")
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {ident(names['clusters'])} AS {agg}")
+           f"FROM ({walked}) GROUP BY {_P}node ORDER BY {_P}node")
+    clusters = con.sql(agg).to_arrow_table()
+    w = clusters.column(f"{_P}w").to_numpy()
+    S = np.column_stack([clusters.column(f"{_P}s{r}").to_numpy() for r in range(d)])  # sum of (P B - mu) / sd
+
+    def coords_of(points: pa.Table) -> np.ndarray:
+        """Coordinates of pseudo-points (rows of ``points``, in order), computed as the rows' were."""
+        view = names["points"]
+        con.register(view, points.append_column(f"{_P}i", pa.array(np.arange(points.num_rows))))
+        try:
+            q = coords_sql(f"SELECT *, 0 AS {_P}cell, {m.y} AS {_P}y FROM {ident(view)}", [f"{_P}i"])
+            got = con.execute(f"SELECT {comma(f'{_P}c{r}' for r in range(d))} FROM ({q}) ORDER BY {_P}i").fetchnumpy()
+        finally:
+            con.unregister(view)
+        return np.column_stack([np.asarray(got[f"{_P}c{r}"], dtype=float) for r in range(d)])
+
     # profile match: each cluster's summed profile vs its pseudo-point's, in the d leading
     # principal directions of the profiles (they hold all but a sliver of the profile variance)
-    pseudo = coords_sql(f"SELECT *, 0 AS {_P}cell, {m.y} AS {_P}y FROM {ident(names['clusters'])}", [f"{_P}node", f"{_P}w"])
-    got = con.execute(f"SELECT {_P}w, {comma(f'{_P}c{r}' for r in range(d))} FROM ({pseudo}) "
-                      f"ORDER BY {_P}node").fetchnumpy()
-    summed = con.execute(f"SELECT {comma(f'{_P}s{r}' for r in range(d))} FROM {ident(names['clusters'])} "
-                         f"ORDER BY {_P}node").fetchnumpy()
-    w = np.asarray(got[f"{_P}w"], dtype=float)
-    raw = lambda a, pre: np.column_stack([np.asarray(a[f"{_P}{pre}{r}"], float) for r in range(d)])  # noqa: E731
-    S = raw(summed, "s")              # sum over the cluster's rows of (P B - mu) / sd
-    R = S - raw(got, "c") * w[:, None]  # minus weight x the pseudo-point's own coordinates
-    spread = S - w[:, None] * (S.sum(0) / w.sum())
-    prof_resid = float(np.linalg.norm(R) / max(np.linalg.norm(spread), 1e-300))
-    level_resid = float(np.linalg.norm(R[:, 0]) / max(np.linalg.norm(spread[:, 0]), 1e-300))
-    out_cols = [ident(v) for v in m.design.variables] + [f"{_P}w AS {ident(spec.weight)}"]
-    table = con.sql(f"SELECT {comma(out_cols)} FROM {ident(names['clusters'])} ORDER BY {_P}node").to_arrow_table()
+    spread = np.linalg.norm(S - w[:, None] * (S.sum(0) / w.sum()), axis=0)
+    match = lambda R: (float(np.linalg.norm(R) / max(np.linalg.norm(spread), 1e-300)),  # noqa: E731
+                       float(np.linalg.norm(R[:, 0]) / max(spread[0], 1e-300)))
+    prof_resid, level_resid = match(S - coords_of(clusters) * w[:, None])
+    refined = None
+    if movable:
+        clusters, R = _refine(clusters, movable, w, S, coords_of)
+        refined = match(R)[0]
+    cols = [clusters.column(v) for v in m.design.variables] + [clusters.column(f"{_P}w")]
+    table = pa.table(cols, names=list(m.design.variables) + [spec.weight])
     it = LdsIteration(theta0, ds, df, table.num_rows, prof_resid, level_resid, time.perf_counter() - t0,
-                      "exact" if quad is None else "second-order", rel)
+                      "exact" if quad is None else "second-order", rel, refined)
     return table, it, K
 
 
@@ -708,9 +771,10 @@ class LdsReport:
         for i, it in enumerate(self.iterations, 1):
             ch = "" if it.change_se is None else f", refit moved theta by max {it.change_se:.3g} SE"
             bound = "" if it.profile_error is None else f" (max error {it.profile_error:.1e} of the spread)"
+            ref = "" if it.refined_resid is None else f", {it.refined_resid:.2e} refined"
             lines.append(f"iteration {i}   ds={it.ds:.3g} df={it.df:.3g}: {it.n_points:,} points, {it.profiles} "
                          f"profiles{bound}, profile-match residual {it.profile_resid:.2e} "
-                         f"(level {it.level_resid:.2e}){ch}, {it.seconds:.2f}s")
+                         f"(level {it.level_resid:.2e}){ref}{ch}, {it.seconds:.2f}s")
         lines.append("time          " + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()))
         return "\n".join(lines)
 
@@ -732,7 +796,7 @@ def squash_lds_to_arrow(con: duckdb.DuckDBPyConnection, source: object, spec: Ld
 
     timings: dict[str, float] = {}
     tag = uuid.uuid4().hex[:12]
-    names = {k: f"{_P}lds_{k}_{tag}" for k in ("cells", "sample", "nodes", "clusters", "squashed")}
+    names = {k: f"{_P}lds_{k}_{tag}" for k in ("cells", "sample", "nodes", "points", "squashed")}
     src = resolve(con, source)
     try:
         t = time.perf_counter()
@@ -817,7 +881,7 @@ def squash_lds_to_arrow(con: duckdb.DuckDBPyConnection, source: object, spec: Ld
             its.append(it)
             timings[f"squash{i + 1}" if spec.iterations > 1 else "squash"] = time.perf_counter() - t
     finally:
-        for k in ("cells", "sample", "nodes", "clusters"):
+        for k in ("cells", "sample", "nodes"):
             try:
                 con.execute(f"DROP TABLE IF EXISTS {ident(names[k])}")
             except duckdb.Error:

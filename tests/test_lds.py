@@ -230,3 +230,18 @@ def test_null_slopes_resolved(con):
     fit = sm.GLM(sq["y"].to_numpy(float), design(sq), family=sm.families.Binomial(),
                  freq_weights=sq["weight"].to_numpy()).fit()
     assert _mse(fit, full) < 20, _mse(fit, full)
+
+
+def test_refine_matches_summed_profiles_better(calls, df):
+    """refine=True (the paper's optional step) lowers every run's profile-match residual and keeps the
+    output format; it moves only quantitative variables, and stays inside the data's range."""
+    plain = duckquash.squash(calls, "calls", method="lds", formula=F, size=M, into="p").report.iterations[0]
+    res = duckquash.squash(calls, "calls", method="lds", formula=F, size=M, refine=True, into="r")
+    it = res.report.iterations[0]
+    assert it.refined_resid < 0.9 * it.profile_resid and it.profile_resid == pytest.approx(plain.profile_resid)
+    out = res.relation.df()
+    assert out["weight"].sum() == pytest.approx(N) and set(out["defected"]) <= {0, 1}
+    for v in ("x1", "x2", "x3", "x4", "x5"):
+        assert df[v].min() <= out[v].min() and out[v].max() <= df[v].max()
+    with pytest.raises(InputError, match="refine"):
+        duckquash.squash(calls, "calls", method="lds", formula=F, size=M, refine="yes", into="bad")
