@@ -67,7 +67,7 @@ FAMILIES = ("binomial", "poisson", "gaussian")
 _P = "__dq_"  # reserved prefix for internal columns
 _CENTRE_ROWS = True  # poisson/gaussian: cluster on row-centred profiles (40k rows, M = 200: poisson MSE 121 -> 4.6)
 _WHITEN = 0.7  # profile coordinates scaled by sd**(1 - _WHITEN) relative to the first: see _basis
-# Second-order profiles when, on the tree sample's rows, they are within this fraction of every
+# Second-order profiles when, on the sample's rows (<= 50k), they are within this fraction of every
 # coordinate's within-cell spread of the exact ones: a row can then only change leaf when it lies within
 # ~1% of a split, whose threshold is itself a quantile of ~20 sample rows per leaf (its standard error
 # is 10-20% of the node's spread).
@@ -88,8 +88,8 @@ class LdsSpec:
     ``refine``: move each pseudo-point (its quantitative variables, within the cluster's range) so
     that weight x its profile matches the cluster's summed profile (the paper's optional step).
     ``profiles``: ``"auto"`` computes the rows' profiles from their second-order expansion around
-    eta_0 (binomial, gaussian) when its certified error is at most 1% of every coordinate's
-    within-cell spread, else exactly; ``"exact"`` always evaluates the log-likelihood at every
+    eta_0 (binomial, gaussian) when, on up to 50k sample rows, it is within 1% of every coordinate's
+    within-cell spread of the exact profile, else exactly; ``"exact"`` always evaluates the log-likelihood at every
     design point.
 
     Defaults: geometric mean of the main-effects MSE (vs the full fit) over 12 paper-structure data
@@ -184,9 +184,9 @@ def fractional_corners(p: int, max_full: int = 5) -> np.ndarray:
 def ccd(p: int, ds: float, df: float) -> np.ndarray:
     """Central composite design in whitened units: the centre, star points +-ds on each axis and
     factorial corners at distance df from the centre (+-df / sqrt(p) on each axis), so every design
-    point lies within df or ds standard errors of theta_0 whatever p is. Corners at +-df on each axis
-    (distance df sqrt(p)) were tried: equal accuracy at equal radius, but profiles that a
-    second-order expansion cannot follow (see :func:`_coords_sql`)."""
+    point lies within df or ds standard errors of theta_0 whatever p is. The earlier corners at +-2
+    on each axis (distance 6.3 for p = 10) gave similar accuracy (see :class:`LdsSpec`), but profiles
+    that a second-order expansion cannot follow on 10M rows (errors up to 1.3% of a spread)."""
     star = np.vstack([ds * np.eye(p), -ds * np.eye(p)])
     return np.vstack([np.zeros((1, p)), star, df / math.sqrt(p) * fractional_corners(p)])
 
