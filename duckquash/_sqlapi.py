@@ -16,7 +16,7 @@ import weakref
 from importlib import resources
 
 import duckdb
-from duckdb.sqltypes import BIGINT, DOUBLE, INTEGER, VARCHAR
+from duckdb.sqltypes import BIGINT, BOOLEAN, DOUBLE, INTEGER, VARCHAR
 
 from ._errors import SourceNotFoundError
 from ._lds import LdsSpec, squash_lds_to_arrow
@@ -44,12 +44,14 @@ def install(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
 
     def run(src: str, categorical: list, quantitative: list, method: str, alpha: float, weight: str,
             seed: int, bins: int, layers: int, formula: str | None = None, family: str = "binomial",
-            size: int = 0, iterations: int = 1, init: str = "sample") -> str:
+            size: int = 0, iterations: int = 1, init: str = "sample", profiles: str = "auto",
+            refine: bool = False) -> str:
         owner = owner_ref()
         if owner is None:
             raise RuntimeError("the connection that installed squash() is closed")
         if str(method).lower() == "lds":
-            spec = LdsSpec(formula, int(size), family, int(iterations), init, weight=weight, seed=int(seed))
+            spec = LdsSpec(formula, int(size), family, int(iterations), init, weight=weight, seed=int(seed),
+                           profiles=profiles, refine=bool(refine))
             pipeline = squash_lds_to_arrow
         else:
             spec = SquashSpec(tuple(categorical or ()), tuple(quantitative or ()), method, alpha, bins, layers,
@@ -71,7 +73,7 @@ def install(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
 
     names = duckdb.list_type(VARCHAR)
     con.create_function(_UDF, run, [VARCHAR, names, names, VARCHAR, DOUBLE, VARCHAR, BIGINT, INTEGER, INTEGER,
-                                    VARCHAR, VARCHAR, BIGINT, INTEGER, VARCHAR], VARCHAR)
+                                    VARCHAR, VARCHAR, BIGINT, INTEGER, VARCHAR, VARCHAR, BOOLEAN], VARCHAR)
     con.execute(_macro_sql().replace("{udf}", _UDF))
     udfs = [_UDF, install_views(con, owner_ref)]
 

@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     sq.add_argument("--size", type=int, help="lds: number of pseudo-points M")
     sq.add_argument("--iterations", type=int, default=1, help="lds: ILDS iterations (1 = plain LDS)")
     sq.add_argument("--init", default="sample", choices=["sample", "step", "mle"], help="lds: initial estimate")
+    sq.add_argument("--profiles", default="auto", choices=["auto", "exact"],
+                    help="lds: second-order profiles where they match the exact ones (auto), or always exact")
+    sq.add_argument("--refine", action="store_true", help="lds: refine pseudo-points to their clusters' summed profiles")
     sq.add_argument("--replace", action="store_true", help="overwrite an existing output")
     sq.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     ev = sub.add_parser("evaluate", help="compare model fits on reduced tables with the full-data fit",
@@ -89,7 +92,7 @@ def _squash(args: argparse.Namespace) -> None:
         if args.categorical or args.quantitative:
             raise DuckquashError("--method lds takes its variables from --formula; drop --categorical/--quantitative")
         spec = LdsSpec(args.formula, args.size, args.family, args.iterations, args.init, weight=args.weight,
-                       seed=args.seed)
+                       seed=args.seed, profiles=args.profiles, refine=args.refine)
         pipeline = squash_lds_to_arrow
     else:
         spec = SquashSpec(args.categorical, args.quantitative, args.method, args.alpha, args.bins, args.layers,

@@ -2,7 +2,8 @@
 -- {udf} is replaced by the name of the Python function that runs the pipeline on a cursor and
 -- returns the path of a Parquet file holding the squashed rows; the macro reads that file, so
 -- the calling statement sees the result whatever transaction it runs in.
--- method := 'lds' squashes for a stated model: formula, family, size (pseudo-points), iterations, init.
+-- method := 'lds' squashes for a stated model: formula, family, size (pseudo-points), iterations, init,
+-- profiles ('auto' or 'exact'), refine.
 CREATE OR REPLACE TEMP MACRO squash(
     src,
     categorical := []::VARCHAR[],
@@ -17,9 +18,12 @@ CREATE OR REPLACE TEMP MACRO squash(
     family := 'binomial',
     size := 0,
     iterations := 1,
-    init := 'sample'
+    init := 'sample',
+    profiles := 'auto',
+    refine := false
 ) AS TABLE
     SELECT * FROM read_parquet({udf}(src::VARCHAR, categorical::VARCHAR[], quantitative::VARCHAR[],
                                      method::VARCHAR, alpha::DOUBLE, weight::VARCHAR, seed::BIGINT,
                                      bins::INTEGER, layers::INTEGER, formula::VARCHAR, family::VARCHAR,
-                                     size::BIGINT, iterations::INTEGER, init::VARCHAR));
+                                     size::BIGINT, iterations::INTEGER, init::VARCHAR, profiles::VARCHAR,
+                                     refine::BOOLEAN));

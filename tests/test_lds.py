@@ -245,3 +245,22 @@ def test_refine_matches_summed_profiles_better(calls, df):
         assert df[v].min() <= out[v].min() and out[v].max() <= df[v].max()
     with pytest.raises(InputError, match="refine"):
         duckquash.squash(calls, "calls", method="lds", formula=F, size=M, refine="yes", into="bad")
+
+
+def test_sql_and_cli_take_profiles_and_refine(tmp_path, df):
+    con = duckquash.connect(str(tmp_path / "d.duckdb"))
+    con.register("v", df.iloc[:10_000])
+    con.execute("CREATE TABLE calls AS SELECT * FROM v")
+    con.unregister("v")
+    rows = con.execute(f"CALL squash('calls', method := 'lds', formula := '{F}', size := 100, profiles := 'exact', "
+                       "refine := true)").fetchall()
+    assert 90 <= len(rows) <= 100 and sum(r[-1] for r in rows) == pytest.approx(10_000)
+    with pytest.raises(duckdb.Error, match="profiles"):
+        con.execute(f"CALL squash('calls', method := 'lds', formula := '{F}', size := 100, profiles := 'fast')")
+    con.close()
+    from duckquash.cli import main
+
+    out = str(tmp_path / "o.parquet")
+    assert main(["squash", f"{tmp_path / 'd.duckdb'}:calls", "-o", out, "--method", "lds", "--formula", F,
+                 "--size", "100", "--profiles", "exact", "--refine", "--quiet"]) == 0
+    assert duckdb.sql(f"SELECT sum(weight) FROM read_parquet('{out}')").fetchall()[0][0] == pytest.approx(10_000)
