@@ -96,9 +96,9 @@ class LdsSpec:
     sets of 40k rows at M = 200 (a uniform sample: ~250), LDS / ILDS(3): ds = df = 2: 49 / 0.90;
     3: 40 / 0.84; 4: 27 / 0.87; 6: 17 / 0.86; 8: 15 / 0.91 (corners +-2 on each axis, i.e. at
     distance 6.3 for p = 10: 21 / 0.83). Larger designs help one-pass LDS a little but make the
-    second-order profiles less accurate; 4 keeps them within 1% on 10M rows. Cooling 0.5 (ILDS(3)
-    0.24 vs 0.66 without cooling) and branching 4 (LDS 7.3 vs 11.8 for binary splits, ILDS(3)
-    0.20 vs 0.24) were measured on 100k rows at M = 500 with the earlier scaling.
+    second-order profiles less accurate; 4 keeps them within 1% on 10M rows. Cooling 0.5: ILDS(3)
+    0.87 on the same 12 data sets (0.35: 0.98; 0.7: 0.89). Branching 4 (LDS 7.3 vs 11.8 for binary
+    splits, ILDS(3) 0.20 vs 0.24) was measured on 100k rows at M = 500 with the earlier scaling.
     """
 
     formula: str
