@@ -665,8 +665,10 @@ def _squash_once(con, m: _Model, spec: LdsSpec, theta0, chol, ds, df, sample_tab
     sp = con.execute(f"SELECT {_P}cell, {comma(lnames)} FROM ({_profile_sql(spec.family, U, srows)}) "
                      f"ORDER BY {_P}rid").fetchnumpy()
     P = np.column_stack([np.asarray(sp[k], dtype=float) for k in lnames])
-    basis = _basis(P, np.asarray(sp[f"{_P}cell"], dtype=np.int64), p, _CENTRE_ROWS and spec.family != "binomial")
+    pcells = np.asarray(sp[f"{_P}cell"], dtype=np.int64)
+    basis = _basis(P, pcells, p, _CENTRE_ROWS and spec.family != "binomial")
     d = basis.B.shape[1]
+    exact = (P @ basis.B - basis.mu) / basis.sd  # those rows' coordinates
     offsets = U @ chol.T
 
     def sample_coords(rows: str, flags: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -679,14 +681,17 @@ def _squash_once(con, m: _Model, spec: LdsSpec, theta0, chol, ds, df, sample_tab
     # second-order profiles where, on the sample's rows, they are within 1% of every coordinate's spread
     quad, rel = None, None
     if spec.profiles == "auto" and spec.family in ("binomial", "gaussian"):  # poisson: exp is cheap anyway
-        exact = (P @ basis.B - basis.mu) / basis.sd
         lean = sample_coords(pca_rows, np.zeros(d, bool))[0]
         need = np.abs(lean - exact).max(axis=0, initial=0.0) > _TAYLOR_TOL * basis.spread
         plan = _second_order_plan(exact, lean, sample_coords(pca_rows, need)[0] if need.any() else lean, basis.spread)
         if plan is not None:
             quad, rel = plan
-    # the tree, on the coordinates the rows will have in the squash pass
-    C, scells = sample_coords(tree_rows, quad)
+    # the tree, on the coordinates the rows will have in the squash pass (the exact ones of the rows
+    # profiled above are already known when those are all the tree's rows)
+    if quad is None and cuts[0] == cuts[1]:
+        C, scells = exact, pcells
+    else:
+        C, scells = sample_coords(tree_rows, quad)
     counts = {int(c): int(n) for c, n in zip(*np.unique(scells, return_counts=True))}
     leaves = _allocate(m.cells, spec.size, counts)
     tree = _fit_tree(C, scells, leaves, len(m.cells), spec.branching)

@@ -10,10 +10,18 @@ import duckdb
 
 from . import __version__
 from ._errors import DuckquashError
-from ._lds import LdsSpec, squash_lds_to_arrow
+from ._families import FAMILIES
+from ._lds import FAMILIES as LDS_FAMILIES
+from ._lds import INITS, PROFILES, LdsSpec, squash_lds_to_arrow
 from ._spec import SquashSpec
 from ._squash import squash_to_arrow
-from ._writeback import check_file_target, check_table_target, table_name, write_file, write_table
+from ._writeback import (
+    check_file_target,
+    check_table_target,
+    table_name,
+    write_file,
+    write_table,
+)
 
 
 def _split_db(arg: str) -> tuple[str, str] | None:
@@ -47,11 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     sq.add_argument("-o", "--output", required=True)
     _ds_options(sq, methods=["hyprect", "datasphere", "lds"])
     sq.add_argument("--formula", help="lds: the model, e.g. 'defected ~ x1 + x2 + C(a1)'")
-    sq.add_argument("--family", default="binomial", choices=["binomial", "poisson", "gaussian"], help="lds: GLM family")
+    sq.add_argument("--family", default="binomial", choices=list(LDS_FAMILIES), help="lds: GLM family")
     sq.add_argument("--size", type=int, help="lds: number of pseudo-points M")
     sq.add_argument("--iterations", type=int, default=1, help="lds: ILDS iterations (1 = plain LDS)")
-    sq.add_argument("--init", default="sample", choices=["sample", "step", "mle"], help="lds: initial estimate")
-    sq.add_argument("--profiles", default="auto", choices=["auto", "exact"],
+    sq.add_argument("--init", default="sample", choices=list(INITS), help="lds: initial estimate")
+    sq.add_argument("--profiles", default="auto", choices=list(PROFILES),
                     help="lds: second-order profiles where they match the exact ones (auto), or always exact")
     sq.add_argument("--refine", action="store_true", help="lds: refine pseudo-points to their clusters' summed profiles")
     sq.add_argument("--replace", action="store_true", help="overwrite an existing output")
@@ -62,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
                                     "Parquet/CSV files or db.duckdb:table (one database file at most).")
     ev.add_argument("full")
     ev.add_argument("--formula", required=True)
-    ev.add_argument("--family", default="binomial", choices=["gaussian", "binomial", "poisson"])
+    ev.add_argument("--family", default="binomial", choices=list(FAMILIES))
     ev.add_argument("--reduced", nargs="+", required=True, metavar="LABEL=SOURCE")
     ev.add_argument("--weight", default="weight", help="weight column of the reduced tables")
     ev.add_argument("--plot", help="write a PNG of the standardised errors per coefficient")
