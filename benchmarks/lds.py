@@ -2,7 +2,7 @@
 
 Run:  python benchmarks/lds.py [accuracy|selection|speed|all] [--rows N] [--speed-rows N] [--reps R]
 
-(a) accuracy: the paper-structure simulation (``duckquash._demo.simulate``, 744,963 rows) squashed
+(a) accuracy: the paper-structure simulation (``duckquash.frontends.demo.simulate``, 744,963 rows) squashed
     by LDS and ILDS(3) at M = N/1000 for the main-effects logistic model, then both the main-effects
     model and the second-order model (squares and pairwise interactions of x1..x5) fitted on the
     squashed table; MSE of z = (beta - beta_full) / SE_full, next to uniform samples of M rows.
@@ -28,9 +28,9 @@ import numpy as np
 import scipy.stats
 
 import duckquash
-from duckquash._demo import simulate
-from duckquash._glm import fit_design, glm
-from duckquash._formula import build_design
+from duckquash.frontends.demo import simulate
+from duckquash import fit_design, glm
+from duckquash import build_design
 
 MAIN = "defected ~ C(a1) + C(a2) + x1 + x2 + x3 + x4 + x5"
 QUANT = ["x1", "x2", "x3", "x4", "x5"]

@@ -2,7 +2,7 @@
 
 Run:  python benchmarks/paper_table1.py [OUT_DIR] [--rows 744963] [--seed 0]
 
-Data: ``duckquash._demo.simulate`` (744,963 rows like the paper's: two three-level categoricals
+Data: ``duckquash.frontends.demo.simulate`` (744,963 rows like the paper's: two three-level categoricals
 a1, a2; five skewed, correlated continuous x1..x5; binary response ``defected``). Rows of the
 table: Means (HypRect regions, alpha = 0), DSphere(1), DSphere(2), HypRect(0.5), HypRect(1), a 1%
 uniform sample, and OSMAC (mMSE and mVc, drawn for the main-effects model) and a uniform sample
@@ -29,7 +29,7 @@ from typing import Callable
 import duckdb
 
 import duckquash
-from duckquash._demo import simulate
+from duckquash.frontends.demo import simulate
 
 CATS = ["a1", "a2", "defected"]
 QUANT = ["x1", "x2", "x3", "x4", "x5"]

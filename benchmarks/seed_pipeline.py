@@ -56,7 +56,7 @@ def child_xtx(csv: str, work: str) -> dict:
     import numpy as np
 
     import duckquash
-    from duckquash._sql import comma, literal
+    from duckquash.sql.quote import comma, literal
 
     ex = _example()
     t0 = time.perf_counter()

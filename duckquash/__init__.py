@@ -1,21 +1,37 @@
 """duckquash: squash large DuckDB tables into small weighted tables that fit models the same way.
 
 Weights in every output are frequency weights summing to the number of input rows
-(statsmodels ``freq_weights``).
+(statsmodels ``freq_weights``). This module is the public API; the layers below it are
+
+    sql        quoting, internal names, shared SQL builders, dialect rendering
+    io         sources, atomic writes, transactions, progress
+    ds, model  data squashing (Group -> Momentize -> Generate) | GLMs fitted in SQL
+    lds, views likelihood-based squashing | materialised squashed views
+    api        squash() and glm(), which choose between the layers above
+    baselines  uniform/OSMAC samples and the evaluation protocol
+    frontends  command line, SQL entry point, demo
+
+and each imports only from layers listed before it (``tests/test_layout.py`` checks).
 """
 from __future__ import annotations
 
-from ._errors import DuckquashError, DuckquashWarning, InputError, OutputExistsError, SourceNotFoundError
-from ._evaluate import Evaluation, evaluate
-from ._sample import SampleResult, sample
-from ._formula import Design, build_design
-from ._glm import ConvergenceWarning, GLMResults, PerfectSeparationWarning, fit_design, glm
-from ._squash import SquashReport, SquashResult, squash
-from ._sqlapi import connect, install
-from ._merge import SquashPlan, merge_moments, squash_from_moments, squash_plan
-from ._views import NotFromMoments, RefreshReport, ViewResult, glm_from_moments, is_view, materialize, refresh, view_plan
-
-__version__ = "0.1.0"
+from .api import glm, squash
+from .baselines.evaluate import Evaluation, evaluate
+from .baselines.sample import SampleResult, sample
+from .ds.partitions import merge_moments, squash_from_moments, squash_plan
+from .ds.plan import SquashPlan
+from .ds.results import SquashReport, SquashResult
+from .errors import (ConvergenceWarning, DuckquashError, DuckquashWarning, InputError, InternalError, NotFromMoments,
+                     OutputExistsError, PerfectSeparationWarning, SourceNotFoundError)
+from .frontends.sqlapi import connect, install
+from .model.formula import Design, build_design
+from .model.irls import fit_design
+from .model.results import GLMResults
+from .version import __version__
+from .views.build import ViewResult, materialize
+from .views.from_moments import glm_from_moments
+from .views.refresh import RefreshReport, refresh
+from .views.storage import is_view, view_plan
 
 __all__ = [
     "squash", "SquashResult", "SquashReport", "install", "connect",
@@ -23,6 +39,6 @@ __all__ = [
     "materialize", "refresh", "view_plan", "is_view", "glm_from_moments", "NotFromMoments", "ViewResult", "RefreshReport",
     "squash_plan", "SquashPlan", "merge_moments", "squash_from_moments",
     "glm", "GLMResults", "fit_design", "build_design", "Design", "ConvergenceWarning", "PerfectSeparationWarning",
-    "DuckquashError", "DuckquashWarning", "InputError", "OutputExistsError", "SourceNotFoundError",
+    "DuckquashError", "DuckquashWarning", "InputError", "InternalError", "OutputExistsError", "SourceNotFoundError",
     "__version__",
 ]

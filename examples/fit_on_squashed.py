@@ -8,7 +8,7 @@ import numpy as np
 import statsmodels.api as sm
 
 import duckquash
-from duckquash._demo import simulate  # the demo's data generator, for a self-contained example
+from duckquash.frontends.demo import simulate  # the demo's data generator, for a self-contained example
 
 con = duckdb.connect()
 simulate(con, 500_000)

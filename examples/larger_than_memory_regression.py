@@ -25,7 +25,7 @@ import duckdb
 import numpy as np
 
 import duckquash
-from duckquash._sql import comma, literal
+from duckquash.sql.quote import comma, literal
 
 FORMULA = "0 + a + b + c + d + d:c + a:b + a:c + C(cat1, Treatment, levels=lnames)"
 LEVELS = {"lnames": [0, 1, 2, 3, 4]}

@@ -1,1 +1,1 @@
-"""SQL text of duckquash macros (installed as the ``duckquash.sql`` package)."""
+"""SQL text of the duckquash macros (installed as the ``duckquash.macros`` package)."""

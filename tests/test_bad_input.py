@@ -70,7 +70,7 @@ def test_reserved_and_clashing_weight_names(small):
 @pytest.mark.parametrize("sample_size", [100_000, 500], ids=["exact", "estimated"])
 def test_high_cardinality_refused_before_moment_pass(small, monkeypatch, sample_size):
     """A near-unique categorical key is refused from the sample, before the moment pass runs."""
-    import duckquash._squash as pipeline
+    import duckquash.ds.pipeline as pipeline
 
     def no_moment_pass(*args, **kwargs):
         raise AssertionError("the moment pass ran")
@@ -85,10 +85,10 @@ def test_high_cardinality_refused_before_moment_pass(small, monkeypatch, sample_
 
 def test_pairs_not_refused_early(small):
     """Each id value twice (C = N/2): the sample estimate is below 2N, so no early refusal."""
-    from duckquash._binning import fit_binning
-    from duckquash._source import resolve
-    from duckquash._spec import SquashSpec
-    from duckquash._squash import predict_no_shrink
+    from duckquash.ds.binning import fit_binning
+    from duckquash.io.source import resolve
+    from duckquash.ds.spec import SquashSpec
+    from duckquash.ds.pipeline import predict_no_shrink
 
     small.execute("ALTER TABLE small ADD COLUMN id BIGINT")
     small.execute("UPDATE small SET id = rowid // 2")

@@ -1,9 +1,9 @@
 """Group's sample: the hash-filtered query returns exactly the rows of the full top-k by hash."""
 import pytest
 
-from duckquash._binning import draw_sample, sample_sql
-from duckquash._source import resolve
-from duckquash._spec import SquashSpec
+from duckquash.ds.binning import draw_sample, sample_sql
+from duckquash.io.source import resolve
+from duckquash.ds.spec import SquashSpec
 
 
 @pytest.mark.parametrize("values", ["(i % 1000) / 7.0", "hash(i) / 1e15"], ids=["duplicated rows", "distinct rows"])

@@ -5,7 +5,7 @@ import sys
 import duckdb
 import pytest
 
-from duckquash.cli import main
+from duckquash.frontends.cli import main
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def test_errors_exit_nonzero_and_leave_nothing(parquet, tmp_path, capsys):
 
 
 def test_entry_point_version_and_help():
-    r = subprocess.run([sys.executable, "-m", "duckquash.cli", "--version"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "duckquash", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.startswith("duckquash ")
-    r = subprocess.run([sys.executable, "-m", "duckquash.cli", "squash", "--help"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "duckquash", "squash", "--help"], capture_output=True, text=True)
     assert "--categorical" in r.stdout

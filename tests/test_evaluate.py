@@ -7,7 +7,7 @@ import statsmodels.api as sm
 
 import duckquash
 from duckquash import InputError
-from duckquash.cli import main
+from duckquash.frontends.cli import main
 
 QUANT = ["x1", "x2", "x3", "x4", "x5"]
 FORMULA = "defected ~ x1 + x2 + x3 + x4 + x5 + C(a1) + C(a2)"

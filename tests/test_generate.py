@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import duckquash
-from duckquash import _generate as G
+from duckquash.ds import generate as G
+from duckquash.ds import solver as S
 
 from .conftest import paper_like
 
@@ -50,20 +51,20 @@ def test_projection_reaches_exact_low_moments_inside_bounds():
     """The Gauss-Newton projection takes a perturbed fit onto exact degree <= 2 moments."""
     rng = np.random.default_rng(0)
     b, m, d = 16, 8, 3
-    plan = G.moment_plan(m, d, 4)
+    plan = S.moment_plan(m, d, 4)
     pts = rng.standard_normal((b, 40, d))
     pts = (pts - pts.mean(axis=1, keepdims=True)) / pts.std(axis=1, keepdims=True)
-    f, _ = G._features(pts, plan.fmap, False)
+    f, _ = S._features(pts, plan.fmap, False)
     target = f.mean(axis=2).T
     corr = np.einsum("bij,bik->bjk", pts, pts) / pts.shape[1]
     lo, hi = pts.min(axis=1) - 0.1, pts.max(axis=1) + 0.1
-    batch = G.Batch(plan, target, lo, hi, corr)
-    theta, phi = G._start(batch, pts[:, :m], np.ones((b, m), dtype=bool), rng)
-    theta, phi = G._project_low(batch, theta, phi, 8)
-    y = lo[:, None, :] + (hi - lo)[:, None, :] * G._sigmoid(theta)
-    pi = G._softmax(phi)
+    batch = S.Batch(plan, target, lo, hi, corr)
+    theta, phi = S._start(batch, pts[:, :m], np.ones((b, m), dtype=bool), rng)
+    theta, phi = S._project_low(batch, theta, phi, 8)
+    y = lo[:, None, :] + (hi - lo)[:, None, :] * S._sigmoid(theta)
+    pi = S._softmax(phi)
     low = plan.degree <= 2
-    f, _ = G._features(y, plan.fmap, False)
+    f, _ = S._features(y, plan.fmap, False)
     err = np.einsum("kbi,bi->bk", f, pi) - target
     assert np.abs(err[:, low]).max() < 1e-9
     assert ((y >= lo[:, None, :]) & (y <= hi[:, None, :])).all()

@@ -9,7 +9,8 @@ import statsmodels.api as sm
 
 import duckquash
 from duckquash import InputError
-from duckquash._lds import _TAYLOR_TOL, ccd, fractional_corners
+from duckquash.lds.design import ccd, fractional_corners
+from duckquash.lds.spec import TAYLOR_TOL as _TAYLOR_TOL
 
 from .conftest import paper_like
 
@@ -124,7 +125,7 @@ def test_sql_and_cli(tmp_path, df):
     rows = con.execute(f"CALL squash('calls', method := 'lds', formula := '{F}', size := 100)").fetchall()
     assert 90 <= len(rows) <= 100 and sum(r[-1] for r in rows) == pytest.approx(10_000)
     con.close()
-    from duckquash.cli import main
+    from duckquash.frontends.cli import main
 
     out = str(tmp_path / "o.parquet")
     assert main(["squash", f"{db}:calls", "-o", out, "--method", "lds", "--formula", F, "--size", "100",
@@ -149,26 +150,26 @@ def test_odd_column_names(con, df):
 def _coordinates(con, family: str, formula: str, spread: float):
     """Exact profile coordinates of every row of ``calls``, and the second-order ones without and with
     the quadratic terms, and each coordinate's within-cell spread."""
-    from duckquash import _lds as L
-    from duckquash._glm import glm
-    from duckquash._source import resolve
+    from duckquash import glm
+    from duckquash.io.source import resolve
+    from duckquash.lds import cells as LC, design as LD, pipeline as LP, profiles as LPr, spec as LS
 
-    spec = L.LdsSpec(formula=formula, size=100, family=family)
-    m = L._model(con, resolve(con, "calls"), spec)
+    spec = LS.LdsSpec(formula=formula, size=100, family=family)
+    m = LC.build_model(con, resolve(con, "calls"), spec)
     con.execute("DROP TABLE IF EXISTS cells")
-    L._cells_pass(con, m, spec, "cells")
-    theta0, chol = L._design_from_fit(glm(con, "calls", formula, family))
-    U = L.ccd(len(theta0), spread, spread)
-    rows = L._with_cell_sql(m, L._keyed_sql(m), "cells")
+    LC.cells_pass(con, m, spec, "cells")
+    theta0, chol = LP._design_from_fit(glm(con, "calls", formula, family))
+    U = LD.ccd(len(theta0), spread, spread)
+    rows = LC.with_cell_sql(m, LC.keyed_sql(m), "cells")
     lnames = [f"__dq_l{k}" for k in range(len(U))]
     prof = con.execute(f"SELECT __dq_cell, {', '.join(lnames)} FROM "
-                       f"({L._profile_sql(family, U, L._rows_sql(m, theta0, chol, rows))})").fetchnumpy()
+                       f"({LPr.profile_sql(family, U, LPr.rows_sql(m, theta0, chol, rows))})").fetchnumpy()
     P = np.column_stack([prof[k] for k in lnames])
-    basis = L._basis(P, prof["__dq_cell"], len(theta0), family != "binomial")
+    basis = LPr.basis(P, prof["__dq_cell"], len(theta0), family != "binomial")
     d = basis.B.shape[1]
     get = lambda quad: np.column_stack(list(con.execute(  # noqa: E731
         f"SELECT {', '.join(f'__dq_c{r}' for r in range(d))} FROM "
-        f"({L._coords_sql(m, family, theta0, U @ chol.T, basis, rows, [], quad)})").fetchnumpy().values()))
+        f"({LPr.coords_sql(m, family, theta0, U @ chol.T, basis, rows, [], quad)})").fetchnumpy().values()))
     exact = get(None)
     assert np.allclose(exact, (P @ basis.B - basis.mu) / basis.sd, atol=1e-8)  # the exact path is the profile
     return exact, get(np.zeros(d, bool)), get(np.ones(d, bool)), basis.spread
@@ -258,7 +259,7 @@ def test_sql_and_cli_take_profiles_and_refine(tmp_path, df):
     with pytest.raises(duckdb.Error, match="profiles"):
         con.execute(f"CALL squash('calls', method := 'lds', formula := '{F}', size := 100, profiles := 'fast')")
     con.close()
-    from duckquash.cli import main
+    from duckquash.frontends.cli import main
 
     out = str(tmp_path / "o.parquet")
     assert main(["squash", f"{tmp_path / 'd.duckdb'}:calls", "-o", out, "--method", "lds", "--formula", F,

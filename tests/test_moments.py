@@ -1,10 +1,15 @@
 """Momentize: SQL power sums equal numpy's on the same standardised values; sums are exact to rounding."""
 import numpy as np
 
-from duckquash._binning import fit_binning
-from duckquash._moments import N_COL, exponents, moment_col, momentize
-from duckquash._source import resolve
-from duckquash._spec import SquashSpec
+import dataclasses
+
+from duckquash.ds import pipeline
+from duckquash.ds.moments import exponents, keyed_rows_sql
+from duckquash.ds.plan import plan_from_source
+from duckquash.ds.spec import SquashSpec
+from duckquash.io.source import resolve
+from duckquash.sql.build import key_match
+from duckquash.sql.names import N_COL, ROWS_COL, moment_col, value_col
 
 
 def test_exponent_count_and_order():
@@ -16,8 +21,9 @@ def test_exponent_count_and_order():
 def test_sql_moments_match_numpy(small, small_df):
     spec = SquashSpec(("a1",), ("x1", "x4"), "hyprect", 1.0, bins=2)
     src = resolve(small, "small")
-    binning, extent, _ = fit_binning(small, src, spec)
-    mt = momentize(small, src, binning, extent, spec.categorical, 4, 0)
+    plan, _ = plan_from_source(small, src, spec, widen=False)
+    binning = plan.binning
+    mt = pipeline.read_moments(small, plan, f"({plan.moment_sql(src.sql)})", rows=False)
     tbl = mt.table.to_pandas()
     assert tbl[N_COL].sum() == len(small_df)
     z = (small_df[["x1", "x4"]].to_numpy() - binning.center) / binning.scale
@@ -33,13 +39,19 @@ def test_sql_moments_match_numpy(small, small_df):
 
 def test_small_region_rows_match_in_pass_top_k(small):
     """The second pass for small regions returns exactly the rows the in-pass top-k list gave."""
-    from duckquash._moments import ROWS_COL, moment_sql
-
     spec = SquashSpec(("a1", "a2"), ("x1", "x2", "x3", "x4", "x5"), "hyprect", 1.0, bins=3)
     src = resolve(small, "small")
-    binning, extent, _ = fit_binning(small, src, spec)
-    in_pass = small.sql(moment_sql(src, binning, extent, spec.categorical, 4, 12)[0]).to_arrow_table()
-    table = momentize(small, src, binning, extent, spec.categorical, 4, 12).table
+    plan, _ = plan_from_source(small, src, spec, widen=False)
+    plan = dataclasses.replace(plan, fetch_rows=12)
+    keys = ", ".join(f'"{k}"' for k in plan.key_columns)
+    v = ", ".join(value_col(j) for j in range(5))
+    lists = (f"SELECT {keys}, min([{v}], 12) AS {ROWS_COL} "
+             f"FROM ({keyed_rows_sql(src.sql, plan.binning, spec.categorical)}) GROUP BY {keys}")
+    in_pass_sql = (f"(SELECT m.*, l.{ROWS_COL} FROM ({plan.moment_sql(src.sql, rows=False)}) m "
+                   f"JOIN ({lists}) l ON {key_match('m', 'l', plan.key_columns)})")
+    in_pass = pipeline.read_moments(small, plan, in_pass_sql, rows=True).table
+    name = pipeline.momentize(small, plan, src.sql, n_regions=1000)
+    table = pipeline.read_moments(small, plan, f'temp."{name}"', rows=True).table
     n = table.column(N_COL).to_numpy()
     assert 0 < (n <= 12).sum() < len(n)
     want, got = in_pass.column(ROWS_COL).to_pylist(), table.column(ROWS_COL).to_pylist()
@@ -49,7 +61,7 @@ def test_small_region_rows_match_in_pass_top_k(small):
 
 
 def test_moment_parts_follow_the_memory_limit(con):
-    from duckquash._moments import moment_parts
+    from duckquash.ds.moments import moment_parts
 
     con.execute("SET threads = 2")
     con.execute("SET memory_limit = '1GB'")
@@ -61,13 +73,11 @@ def test_moment_parts_follow_the_memory_limit(con):
 def test_moment_pass_split_by_region_gives_the_same_squash(small, monkeypatch):
     """When the regions' sum states would not fit the memory limit the pass runs in parts; same result."""
     import duckquash
-    from duckquash import _moments, _views
 
     args = dict(categorical=["a1", "defected"], quantitative=["x1", "x2", "x4"], bins=4)
     one = duckquash.squash(small, "small", into="one", **args)
     m1 = duckquash.materialize(small, "v1", "small", **args)
-    for module in (_moments, _views):
-        monkeypatch.setattr(module, "moment_parts", lambda *a: 3)
+    monkeypatch.setattr(pipeline, "moment_parts", lambda *a: 3)  # squash and views both momentize here
     split = duckquash.squash(small, "small", into="split", **args)
     assert split.report.moments.table.equals(one.report.moments.table)
     assert small.sql("SELECT * FROM one").fetchall() == small.sql("SELECT * FROM split").fetchall()

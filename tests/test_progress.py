@@ -2,7 +2,7 @@
 import pytest
 
 import duckquash
-from duckquash._progress import phase_of
+from duckquash.io.progress import phase_of
 
 
 def test_phase_of_rescales_the_scan_pipeline():

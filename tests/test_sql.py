@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from duckquash._sql import case_bins, ident, literal
+from duckquash.sql.build import case_bins
+from duckquash.sql.quote import ident, literal
 
 names = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), min_size=1, max_size=20)
 

@@ -7,8 +7,8 @@ import pytest
 import statsmodels.api as sm
 
 import duckquash
-from duckquash import _views
-from duckquash.cli import main as cli_main
+from duckquash.views import refresh as _views
+from duckquash.frontends.cli import main as cli_main
 
 from .conftest import paper_like
 
@@ -129,9 +129,9 @@ def test_interrupted_refresh_leaves_previous_view(vcon, monkeypatch):
     with pytest.raises(RuntimeError, match="injected"):
         duckquash.refresh(con, "v", "new")
     assert _state(con) == state
-    monkeypatch.setattr(_views, "_log_batch", boom)  # last stage
+    monkeypatch.setattr(_views, "log_batch", boom)  # last stage
     monkeypatch.undo()
-    monkeypatch.setattr(_views, "_log_batch", boom)
+    monkeypatch.setattr(_views, "log_batch", boom)
     with pytest.raises(RuntimeError, match="injected"):
         duckquash.refresh(con, "v", "new")
     assert _state(con) == state
@@ -244,7 +244,7 @@ def test_linear_model_answered_exactly_from_moments(vcon, data):
     duckquash.materialize(con, "v", "old", **ARGS)
     duckquash.refresh(con, "v", "new")
     for formula in ["x1 ~ x2 + x3 + C(a1) + defected", "x1 ~ x2 * x3 + I(x3**2) + C(a1):x2"]:
-        res = _views.glm_from_moments(con, "v", formula)
+        res = duckquash.glm_from_moments(con, "v", formula)
         ref = smf.ols(formula, data).fit()
         assert res.n_passes == 0 and "from the stored moments" in res.weight_note
         assert res.nobs == N
@@ -255,10 +255,10 @@ def test_linear_model_answered_exactly_from_moments(vcon, data):
             assert b[k] == pytest.approx(ref.params[k], rel=1e-8, abs=1e-10 * ref.bse[k])
             assert se[k] == pytest.approx(ref.bse[k], rel=1e-6)
         assert res.scale == pytest.approx(ref.scale, rel=1e-8)
-    with pytest.raises(_views.NotFromMoments, match="not polynomials"):
-        _views.glm_from_moments(con, "v", "x1 ~ np.log(x2)")
-    with pytest.raises(_views.NotFromMoments, match="not polynomials"):
-        _views.glm_from_moments(con, "v", "x1 ~ I(x2**3)")
+    with pytest.raises(duckquash.NotFromMoments, match="not polynomials"):
+        duckquash.glm_from_moments(con, "v", "x1 ~ np.log(x2)")
+    with pytest.raises(duckquash.NotFromMoments, match="not polynomials"):
+        duckquash.glm_from_moments(con, "v", "x1 ~ I(x2**3)")
     # the public glm answers from the moments when it can, and says so; else it fits the points
     res = duckquash.glm(con, "v", "x1 ~ x2 + x3 + C(a1) + defected")
     assert res.n_passes == 0 and "from the stored moments" in res.summary()

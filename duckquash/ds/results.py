@@ -1,0 +1,99 @@
+"""What a squash returns: the squashed table's handle and the report of how it went."""
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from ..io.write import check_table_target, table_name, write_table
+from ..sql.quote import qualified
+from .binning import Binning
+from .moments import MomentTable
+
+
+@dataclass(frozen=True)
+class SquashReport:
+    """How the squash went: parameters, seconds per stage, per-region fit diagnostics."""
+
+    params: dict
+    timings: dict[str, float]
+    regions: pa.Table  # one row per region: keys, n_rows, n_points, n_vars, kind, residuals, restarts
+    moments: MomentTable
+    binning: Binning
+    cpu_timings: dict[str, float] = field(default_factory=dict)  # process CPU seconds per stage
+
+    @property
+    def n_rows(self) -> int:
+        return int(np.sum(self.regions.column("n_rows").to_numpy()))
+
+    @property
+    def n_regions(self) -> int:
+        return self.regions.num_rows
+
+    @property
+    def max_resid_deg2(self) -> float:
+        """Largest absolute error of a degree <= 2 moment (local standardised units) over regions."""
+        return float(np.max(self.regions.column("max_resid_deg2").to_numpy(), initial=0.0))
+
+    @property
+    def worst_rms_resid_deg34(self) -> float:
+        return float(np.max(self.regions.column("rms_resid_deg34").to_numpy(), initial=0.0))
+
+    def summary(self) -> str:
+        n = int(np.sum(self.regions.column("n_rows").to_numpy()))
+        m = int(np.sum(self.regions.column("n_points").to_numpy()))
+        kinds = self.regions.column("kind").to_pylist()
+        lines = [
+            f"rows N        {n:,}",
+            f"points M      {m:,}   (reduction {n / max(m, 1):,.1f}x)",
+            f"regions R     {self.regions.num_rows:,}   ({kinds.count('fit')} fitted, "
+            f"{kinds.count('rows')} kept row by row, {kinds.count('mean')} one point)",
+            f"moment fit    max |deg<=2 error| {self.max_resid_deg2:.2e}, "
+            f"worst RMS deg 3-4 error {self.worst_rms_resid_deg34:.2e}",
+            "time          " + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()),
+        ]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class SquashResult:
+    """A squashed table in ``con``: weights are frequency weights summing to N."""
+
+    con: duckdb.DuckDBPyConnection = field(repr=False)
+    table: str
+    n_rows: int
+    n_points: int
+    n_regions: int
+    report: SquashReport = field(repr=False)
+    parts: tuple[str, ...] = field(repr=False, default=())
+
+    @property
+    def relation(self) -> duckdb.DuckDBPyRelation:
+        return self.con.sql(f"SELECT * FROM {qualified(self.parts or (self.table,))}")
+
+    def summary(self) -> str:
+        return f"squashed into {self.table!r}\n" + self.report.summary()
+
+
+def output_parts(con: duckdb.DuckDBPyConnection, into, replace: bool) -> tuple[str, ...]:
+    """The output table's name parts (default: a fresh ``squashed_<hex>``), refused early if taken."""
+    parts = table_name(into if into is not None else f"squashed_{uuid.uuid4().hex[:8]}")
+    check_table_target(con, parts, replace)
+    return parts
+
+
+def write_result(con: duckdb.DuckDBPyConnection, data: pa.Table, report, parts: tuple[str, ...],
+                 replace: bool) -> SquashResult:
+    """Write the squashed rows to table ``parts`` (whole or not at all) and describe the result.
+
+    ``report``: a :class:`SquashReport` or an LDS report (anything with ``n_rows``,
+    ``n_regions`` and ``timings``); its ``timings`` gain the write time.
+    """
+    t0 = time.perf_counter()
+    write_table(con, data, parts, replace)
+    report.timings["write"] = time.perf_counter() - t0
+    return SquashResult(con, ".".join(parts), report.n_rows, data.num_rows, report.n_regions, report, parts)

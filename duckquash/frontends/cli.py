@@ -1,0 +1,223 @@
+"""Command line: a thin layer over :func:`duckquash.squash`, :func:`duckquash.evaluate` and the demo."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import duckdb
+
+from ..api import make_spec, squash_to_arrow
+from ..errors import DuckquashError
+from ..io.write import check_file_target, check_table_target, table_name, write_file, write_table
+from ..lds.spec import FAMILIES as LDS_FAMILIES
+from ..lds.spec import INITS, PROFILES
+from ..model.families import FAMILIES
+from ..version import __version__
+
+
+def _split_db(arg: str) -> tuple[str, str] | None:
+    """``db.duckdb:table`` -> (database path, table); None for a plain file path."""
+    head, sep, tail = arg.rpartition(":")
+    if sep and head.lower().endswith((".duckdb", ".db", ".ddb")) and tail:
+        return head, tail
+    return None
+
+
+def _ds_options(p: argparse.ArgumentParser, methods: list[str]) -> None:
+    """The squash options shared by ``squash`` and ``materialize``."""
+    p.add_argument("--categorical", default="", help="comma-separated categorical columns")
+    p.add_argument("--quantitative", default="", help="comma-separated numeric columns")
+    p.add_argument("--method", default="hyprect", choices=methods)
+    p.add_argument("--alpha", type=float, default=1.0, help="points per region: max(1, ceil(alpha*log2 N_r))")
+    p.add_argument("--bins", type=int, default=3, help="HypRect: quantile bins per variable")
+    p.add_argument("--layers", type=int, default=3, help="Data Spheres: radius layers")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weight", default="weight", help="name of the weight column")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="duckquash", description="Squash large tables into weighted pseudo-points.")
+    ap.add_argument("--version", action="version", version=f"duckquash {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+    sq = sub.add_parser("squash", help="squash a Parquet/CSV file or a DuckDB table",
+                        description="Squash INPUT (file.parquet, file.csv, glob, or db.duckdb:table) into OUT "
+                                    "(.parquet, .csv, or db.duckdb:table). Weights are frequency weights summing to N.")
+    sq.add_argument("input")
+    sq.add_argument("-o", "--output", required=True)
+    _ds_options(sq, methods=["hyprect", "datasphere", "lds"])
+    sq.add_argument("--formula", help="lds: the model, e.g. 'defected ~ x1 + x2 + C(a1)'")
+    sq.add_argument("--family", default="binomial", choices=list(LDS_FAMILIES), help="lds: GLM family")
+    sq.add_argument("--size", type=int, help="lds: number of pseudo-points M")
+    sq.add_argument("--iterations", type=int, default=1, help="lds: ILDS iterations (1 = plain LDS)")
+    sq.add_argument("--init", default="sample", choices=list(INITS), help="lds: initial estimate")
+    sq.add_argument("--profiles", default="auto", choices=list(PROFILES),
+                    help="lds: second-order profiles where they match the exact ones (auto), or always exact")
+    sq.add_argument("--refine", action="store_true", help="lds: refine pseudo-points to their clusters' summed profiles")
+    sq.add_argument("--replace", action="store_true", help="overwrite an existing output")
+    sq.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    ev = sub.add_parser("evaluate", help="compare model fits on reduced tables with the full-data fit",
+                        description="Fit FORMULA on FULL and on every reduced table; print MSE of the standardised "
+                                    "coefficient errors and prediction residuals per method. Sources are "
+                                    "Parquet/CSV files or db.duckdb:table (one database file at most).")
+    ev.add_argument("full")
+    ev.add_argument("--formula", required=True)
+    ev.add_argument("--family", default="binomial", choices=list(FAMILIES))
+    ev.add_argument("--reduced", nargs="+", required=True, metavar="LABEL=SOURCE")
+    ev.add_argument("--weight", default="weight", help="weight column of the reduced tables")
+    ev.add_argument("--plot", help="write a PNG of the standardised errors per coefficient")
+    ev.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    ma = sub.add_parser("materialize", help="squash INPUT into a refreshable view db.duckdb:name",
+                        description="Squash INPUT (file, glob, or db.duckdb:table in the same database) into the "
+                                    "materialised view VIEW (db.duckdb:name) that 'duckquash refresh' can extend.")
+    ma.add_argument("input")
+    ma.add_argument("view")
+    _ds_options(ma, methods=["hyprect", "datasphere"])
+    ma.add_argument("--replace", action="store_true", help="rebuild an existing view")
+    re_ = sub.add_parser("refresh", help="fold new rows into a materialised view db.duckdb:name",
+                         description="Fold NEW_ROWS (file, glob, table of the same database, or db.duckdb:table) "
+                                     "into the view VIEW (db.duckdb:name); only regions with new rows are re-solved.")
+    re_.add_argument("view")
+    re_.add_argument("new_rows")
+    re_.add_argument("--batch-id", default=None, help="name of the batch; a batch is never folded in twice")
+    re_.add_argument("--rebin", action="store_true", help="rebuild the binning from all recorded sources")
+    re_.add_argument("--quiet", action="store_true")
+    demo = sub.add_parser("demo", help="squash simulated data and compare model fits (no data needed)")
+    demo.add_argument("--rows", type=int, default=1_000_000)
+    return ap
+
+
+def _squash(args: argparse.Namespace) -> None:
+    if args.method == "lds":
+        if args.categorical or args.quantitative:
+            raise DuckquashError("--method lds takes its variables from --formula; drop --categorical/--quantitative")
+        spec = make_spec("lds", weight=args.weight, seed=args.seed, formula=args.formula, size=args.size,
+                         family=args.family, iterations=args.iterations, init=args.init, profiles=args.profiles,
+                         refine=args.refine)
+    else:
+        spec = make_spec(args.method, categorical=args.categorical, quantitative=args.quantitative,
+                         alpha=args.alpha, bins=args.bins, layers=args.layers, weight=args.weight, seed=args.seed)
+    db_in, db_out = _split_db(args.input), _split_db(args.output)
+    same_db = db_in is not None and db_out is not None and os.path.abspath(db_in[0]) == os.path.abspath(db_out[0])
+    if db_in is not None:
+        if not os.path.exists(db_in[0]):
+            raise DuckquashError(f"database file {db_in[0]!r} does not exist")
+        con = duckdb.connect(db_in[0], read_only=not same_db)
+        source = db_in[1]
+    else:
+        con = duckdb.connect()
+        source = args.input
+    # check the output before the expensive passes; the writers check again when writing
+    if db_out is None:
+        check_file_target(args.output, args.replace)
+    else:
+        out_con = con if same_db else duckdb.connect(db_out[0])
+        parts = table_name(db_out[1])
+        check_table_target(out_con, parts, args.replace)
+    t0 = time.perf_counter()
+    data, report = squash_to_arrow(con, source, spec, show_progress=not args.quiet)
+    t1 = time.perf_counter()
+    if db_out is None:
+        write_file(con, data, args.output, args.replace)
+    else:
+        write_table(out_con, data, parts, args.replace)
+    report.timings["write"] = time.perf_counter() - t1
+    if not args.quiet:
+        print(f"squashed {args.input} -> {args.output} in {time.perf_counter() - t0:.2f}s", file=sys.stderr)
+        print(report.summary(), file=sys.stderr)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from ..baselines.evaluate import evaluate
+
+    db, reduced = None, {}
+    for item in args.reduced:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            raise DuckquashError(f"--reduced takes LABEL=SOURCE, got {item!r}")
+        reduced[label] = path
+    sources = {"": args.full, **reduced}
+    dbs = {os.path.abspath(d[0]) for d in map(_split_db, sources.values()) if d is not None}
+    if len(dbs) > 1:
+        raise DuckquashError(f"all db.duckdb:table sources must come from one database file, got {sorted(dbs)}")
+    if dbs:
+        db = dbs.pop()
+        if not os.path.exists(db):
+            raise DuckquashError(f"database file {db!r} does not exist")
+    con = duckdb.connect(db, read_only=True) if db else duckdb.connect()
+    strip = lambda s: _split_db(s)[1] if _split_db(s) else s  # noqa: E731
+    ev = evaluate(con, strip(args.full), {k: strip(v) for k, v in reduced.items()}, args.formula, args.family,
+                  plot=args.plot, weight=args.weight)
+    print(ev.to_markdown() if args.markdown else str(ev))
+def _view_con(view: str) -> tuple[duckdb.DuckDBPyConnection, str]:
+    target = _split_db(view)
+    if target is None:
+        raise DuckquashError(f"a view must be given as db.duckdb:name, got {view!r}")
+    return duckdb.connect(target[0]), target[1]
+
+
+def _local_source(con_db: str, arg: str) -> str:
+    """``same.duckdb:table`` -> ``table``; other inputs are passed on (files, globs, table names)."""
+    src = _split_db(arg)
+    if src is None:
+        return arg
+    if os.path.abspath(src[0]) != os.path.abspath(con_db):
+        raise DuckquashError(f"{arg!r} is in another database than the view; export it to Parquet first")
+    return src[1]
+
+
+def _materialize(args: argparse.Namespace) -> None:
+    from ..views.build import materialize
+
+    con, name = _view_con(args.view)
+    try:
+        res = materialize(con, name, _local_source(_split_db(args.view)[0], args.input),
+                          categorical=args.categorical, quantitative=args.quantitative, method=args.method,
+                          alpha=args.alpha, bins=args.bins, layers=args.layers, seed=args.seed,
+                          weight=args.weight, replace=args.replace)
+    finally:
+        con.close()
+    print(f"materialised {args.view}: {res.n_rows:,} rows -> {res.n_points:,} points in {res.n_regions:,} regions",
+          file=sys.stderr)
+
+
+def _refresh(args: argparse.Namespace) -> None:
+    from ..views.refresh import refresh
+
+    con, name = _view_con(args.view)
+    try:
+        rep = refresh(con, name, _local_source(_split_db(args.view)[0], args.new_rows),
+                      batch_id=args.batch_id, rebin=args.rebin)
+    finally:
+        con.close()
+    if not args.quiet:
+        print(rep.summary(), file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "squash":
+            _squash(args)
+        elif args.command == "evaluate":
+            _evaluate(args)
+        elif args.command == "materialize":
+            _materialize(args)
+        elif args.command == "refresh":
+            _refresh(args)
+        else:
+            from .demo import run_demo
+
+            run_demo(args.rows)
+    except (DuckquashError, duckdb.Error, OSError) as e:
+        print(f"duckquash: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("duckquash: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,2 @@
+"""The database boundary: resolving sources, writing outputs whole or not at all, transactions,
+temporary objects and progress bars over running queries."""

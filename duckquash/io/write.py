@@ -1,0 +1,77 @@
+"""Write back: put an Arrow table into the database or a file, whole or not at all."""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Sequence
+
+import duckdb
+import pyarrow as pa
+
+from ..errors import InputError, OutputExistsError
+from .source import table_exists
+from ..sql.names import temp_name
+from ..sql.quote import literal, qualified
+
+FILE_FORMATS = {".parquet": "PARQUET", ".pq": "PARQUET", ".csv": "CSV"}
+
+
+def table_name(into: str | Sequence[str]) -> tuple[str, ...]:
+    """An output name as its parts: a str is one table name (dots and all); a tuple is qualified."""
+    parts = (into,) if isinstance(into, str) else tuple(into)
+    if not parts or not all(isinstance(p, str) and p for p in parts) or len(parts) > 3:
+        raise InputError(f"output table must be a name or (schema, name) tuple, got {into!r}")
+    return parts
+
+
+def check_table_target(con: duckdb.DuckDBPyConnection, parts: tuple[str, ...], replace: bool) -> None:
+    if not replace and table_exists(con, parts, current=True):
+        raise OutputExistsError(f"output table {'.'.join(parts)!r} already exists; pass replace=True to overwrite it")
+
+
+def write_table(con: duckdb.DuckDBPyConnection, data: pa.Table, parts: tuple[str, ...], replace: bool) -> None:
+    """One ``CREATE [OR REPLACE] TABLE ... AS`` statement: DuckDB makes it atomic."""
+    check_table_target(con, parts, replace)
+    view = temp_name("out")
+    con.register(view, data)
+    try:
+        verb = "CREATE OR REPLACE TABLE" if replace else "CREATE TABLE"
+        con.execute(f"{verb} {qualified(parts)} AS SELECT * FROM {qualified((view,))}")
+    except duckdb.CatalogException as e:
+        if "already exists" in str(e):
+            raise OutputExistsError(f"output table {'.'.join(parts)!r} already exists") from None
+        raise
+    finally:
+        con.unregister(view)
+
+
+def file_format(path: str) -> str | None:
+    return FILE_FORMATS.get(os.path.splitext(path)[1].lower())
+
+
+def check_file_target(path: str, replace: bool) -> None:
+    if file_format(path) is None:
+        raise InputError(f"output file {path!r} must end in one of {sorted(FILE_FORMATS)}")
+    if not replace and os.path.exists(path):
+        raise OutputExistsError(f"output file {path!r} already exists; pass replace=True to overwrite it")
+
+
+def write_file(con: duckdb.DuckDBPyConnection, data: pa.Table, path: str, replace: bool) -> None:
+    """Write to a temporary file beside ``path``, then rename it into place."""
+    check_file_target(path, replace)
+    fmt = file_format(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".duckquash-", suffix=os.path.splitext(path)[1], dir=folder)
+    os.close(fd)
+    view = temp_name("out")
+    con.register(view, data)
+    try:
+        opts = "FORMAT PARQUET" if fmt == "PARQUET" else "FORMAT CSV, HEADER"
+        con.execute(f"COPY (SELECT * FROM {qualified((view,))}) TO {literal(tmp)} ({opts})")
+        if not replace and os.path.exists(path):
+            raise OutputExistsError(f"output file {path!r} appeared while squashing; not overwritten")
+        os.replace(tmp, path)
+    finally:
+        con.unregister(view)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
