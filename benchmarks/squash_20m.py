@@ -41,6 +41,7 @@ def make_data(path: str, rows: int) -> None:
 def child(path: str, memory_limit: str | None) -> dict:
     """One configuration, in this process: plain pass, then the squash."""
     import duckquash
+    from duckquash.ds.moments import keyed_rows_sql
 
     con = duckdb.connect()
     if memory_limit:
@@ -55,7 +56,7 @@ def child(path: str, memory_limit: str | None) -> dict:
     # floors for the moment pass: 125 distinct DOUBLE sums, few groups vs the squash's regions
     sums = ", ".join(f"sum({QUANT[i % 5]} * {1 + i // 5})" for i in range(125))
     floor_cells, floor_cells_cpu = best_of(con, f"SELECT a1, a2, count(*), {sums} FROM {src} GROUP BY a1, a2", 1)
-    regions = sq.report.moments.sql.split("\nFROM ", 1)[1].split("\nGROUP BY")[0]
+    regions = f"({keyed_rows_sql(src, sq.report.binning, tuple(CATS))})"  # the rows with their region keys
     keys = ", ".join(["a1", "a2"] + list(sq.report.moments.key_columns))
     sums_v = ", ".join(f"sum(__dq_v_{i % 5} * {1 + i // 5})" for i in range(125))
     floor_regions, floor_regions_cpu = best_of(con, f"SELECT {keys}, count(*), {sums_v} FROM {regions} GROUP BY {keys}", 1)
