@@ -27,19 +27,20 @@ from .views.storage import is_view
 DS_OPTIONS = ("degree", "exact_covariance", "sample_size", "restarts", "max_iter")
 
 
-def make_spec(method: str = "hyprect", *, categorical: Sequence[str] | str = (), quantitative: Sequence[str] | str = (),
-              alpha: float = 1.0, bins: int = 3, layers: int = 3, weight: str = "weight", seed: int = 0,
-              **options) -> SquashSpec | LdsSpec:
+def make_spec(method: str | None = None, *, categorical: Sequence[str] | str = (), quantitative: Sequence[str] | str = (),
+              alpha: float = 1.0, bins: int | None = None, layers: int | None = None, weight: str = "weight", seed: int = 0,
+              size: int | None = None, **options) -> SquashSpec | LdsSpec:
     """The validated spec for ``method``: a :class:`SquashSpec` (HypRect, Data Spheres) or an
     :class:`LdsSpec` (``method="lds"``: variables come from ``formula=``)."""
     if isinstance(method, str) and method.lower() == "lds":
         if categorical or quantitative:
             raise InputError("method='lds' takes its variables from formula=; drop categorical=/quantitative=")
-        return lds_spec(weight=weight, seed=seed, **options)
+        return lds_spec(weight=weight, seed=seed, **({} if size is None else {"size": size}), **options)
     unknown = sorted(set(options) - set(DS_OPTIONS))
     if unknown:
         raise InputError(f"unknown option(s) {unknown}")
-    return SquashSpec(categorical, quantitative, method, alpha, bins, layers, weight=weight, seed=seed, **options)
+    return SquashSpec(categorical, quantitative, method, alpha, bins, layers, weight=weight, seed=seed, size=size,
+                      **options)
 
 
 def squash_to_arrow(con: duckdb.DuckDBPyConnection, source: object, spec: SquashSpec | LdsSpec,
@@ -57,9 +58,9 @@ def squash_to_arrow(con: duckdb.DuckDBPyConnection, source: object, spec: Squash
 
 
 def squash(con: duckdb.DuckDBPyConnection, source: object, *, categorical: Sequence[str] | str = (),
-           quantitative: Sequence[str] | str = (), method: str = "hyprect", alpha: float = 1.0,
-           into: str | Sequence[str] | None = None, weight: str = "weight", seed: int = 0,
-           replace: bool = False, bins: int = 3, layers: int = 3, progress: bool = False,
+           quantitative: Sequence[str] | str = (), method: str | None = None, size: int | None = None,
+           alpha: float = 1.0, into: str | Sequence[str] | None = None, weight: str = "weight", seed: int = 0,
+           replace: bool = False, bins: int | None = None, layers: int | None = None, progress: bool = False,
            **options) -> SquashResult:
     """Squash ``source`` into a small table of weighted pseudo-points in ``con``.
 
@@ -72,12 +73,19 @@ def squash(con: duckdb.DuckDBPyConnection, source: object, *, categorical: Seque
     categorical, quantitative : list of str
         Columns whose every value (NULL included) defines regions, and numeric columns
         summarised by moments. A NULL/NaN quantitative value forms its own region and stays NULL.
-    method : {"hyprect", "datasphere", "lds"}
-        Regions as quantile-bin hyperrectangles or Data Spheres (radius layers x pyramids); or
+    method : {"adaptive", "hyprect", "datasphere", "lds"}, optional
+        Regions as one k-d tree per categorical cell, as many leaves as the cell's rows fill
+        (the default, unless ``bins`` or ``layers`` is given; see ``duckquash/ds/forest.py``); the paper's quantile-bin hyperrectangles
+        (every cell x ``bins``^Q bins) or Data Spheres (radius layers x pyramids); or
         likelihood-based squashing for a stated model (``formula=``, ``family=``, ``size=``,
         ``iterations=``, ``init=``, ``ds=``, ``df=``; see ``duckquash.lds.spec.LdsSpec``).
+    size : int, optional
+        The number of pseudo-points wanted: regions and points per region are chosen so that M
+        lands near it (adaptive: the trees' leaves, then alpha; other methods: alpha).
     alpha : float
-        ``M_r = max(1, ceil(alpha * log2 N_r))`` points per region; 0 gives region means.
+        ``M_r = max(1, ceil(alpha * log2 N_r))`` points per region, raised to ``d_r + 1`` so the
+        covariance of the ``d_r`` columns varying in the region is exact (adaptive regions: at most
+        ``N_r / 5``); 0 gives region means.
     into : str or tuple, optional
         Output table (a tuple for a qualified name). Default: a generated name.
     weight : str
@@ -86,8 +94,9 @@ def squash(con: duckdb.DuckDBPyConnection, source: object, *, categorical: Seque
         Seed for the binning sample and solver starts; same input and seed, same output.
     replace : bool
         Replace an existing output table; otherwise an existing name is an error.
-    bins, layers : int
-        Quantile bins per variable (HypRect) or radius layers (Data Spheres).
+    bins, layers : int, optional
+        Quantile bins per variable (HypRect; giving ``bins`` selects it) or radius layers (Data
+        Spheres; giving ``layers`` selects it); 3 when not given.
     progress : bool
         Show a progress bar on stderr for the SQL passes.
     **options
@@ -99,7 +108,7 @@ def squash(con: duckdb.DuckDBPyConnection, source: object, *, categorical: Seque
         ``table``, ``relation``, ``n_rows``, ``n_points``, ``n_regions`` and ``report``.
     """
     spec = make_spec(method, categorical=categorical, quantitative=quantitative, alpha=alpha, bins=bins,
-                     layers=layers, weight=weight, seed=seed, **options)
+                     layers=layers, weight=weight, seed=seed, size=size, **options)
     parts = output_parts(con, into, replace)
     data, report = squash_to_arrow(con, source, spec, progress)
     return write_result(con, data, report, parts, replace)

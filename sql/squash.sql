@@ -2,18 +2,19 @@
 -- {udf} is replaced by the name of the Python function that runs the pipeline on a cursor and
 -- returns the path of a Parquet file holding the squashed rows; the macro reads that file, so
 -- the calling statement sees the result whatever transaction it runs in.
+-- method := NULL picks 'adaptive' ('hyprect' when bins is given, 'datasphere' when layers is).
 -- method := 'lds' squashes for a stated model: formula, family, size (pseudo-points), iterations, init,
 -- profiles ('auto' or 'exact'), refine.
 CREATE OR REPLACE TEMP MACRO squash(
     src,
     categorical := []::VARCHAR[],
     quantitative := []::VARCHAR[],
-    method := 'hyprect',
+    method := NULL,
     alpha := 1.0,
     weight := 'weight',
     seed := 0,
-    bins := 3,
-    layers := 3,
+    bins := NULL,
+    layers := NULL,
     formula := '',
     family := 'binomial',
     size := 0,

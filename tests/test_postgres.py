@@ -58,7 +58,8 @@ def test_moment_sql_on_postgres_equals_duckdb(pg, tmp_path):
     pg("CREATE TABLE t (a1 BIGINT, defected BIGINT, x1 DOUBLE PRECISION, x2 DOUBLE PRECISION, x3 DOUBLE PRECISION)")
     with open(path) as f:
         pg("COPY t FROM STDIN (FORMAT csv, HEADER, NULL '')", stdin=f.read())
-    plan = duckquash.squash_plan(con, "t", categorical=["a1", "defected"], quantitative=["x1", "x2", "x3"])
+    plan = duckquash.squash_plan(con, "t", categorical=["a1", "defected"], quantitative=["x1", "x2", "x3"],
+                                 method="hyprect")
     ours = con.sql(plan.moment_sql("t", rows=False)).fetchall()
     names = [c[0] for c in con.sql(plan.moment_sql("t", rows=False)).description]
     theirs = pg(plan.moment_sql("t", dialect="postgres"))

@@ -21,7 +21,7 @@ def test_call_and_create_table_as(sqlcon, small_df):
     rows = sqlcon.sql(f"CALL squash('calls', {ARGS}, method := 'hyprect', alpha := 1.0)").fetchall()
     assert 0 < len(rows) < len(small_df)
     assert sum(r[-1] for r in rows) == pytest.approx(len(small_df))
-    sqlcon.execute(f"CREATE TABLE calls_sq AS FROM squash('calls', {ARGS})")
+    sqlcon.execute(f"CREATE TABLE calls_sq AS FROM squash('calls', {ARGS}, method := 'hyprect')")
     n, w = sqlcon.execute("SELECT count(*), sum(weight) FROM calls_sq").fetchall()[0]
     assert n == len(rows) and w == pytest.approx(len(small_df))
 

@@ -7,6 +7,7 @@ import pytest
 import statsmodels.api as sm
 
 import duckquash
+from duckquash.ds.moments import keyed_rows_sql
 from duckquash.views import refresh as _views
 from duckquash.frontends.cli import main as cli_main
 
@@ -284,10 +285,11 @@ def test_small_batch_updates_regions_in_closed_form(vcon, data):
                               sum(p.weight * p.x1 * p.x2) / sum(p.weight), sum(p.weight * p.x3 * p.x3) / sum(p.weight),
                               m.__dq_region
                        FROM v__points p JOIN v__moments m USING (__dq_region) GROUP BY m.__dq_n, m.__dq_region""").fetchall()
-    full = con.execute(f"""SELECT count(*), avg(x1), avg(x1 * x2), avg(x3 * x3), r FROM (
-                              SELECT *, (SELECT m.__dq_region FROM v__moments m WHERE m.a1 = f.a1 AND m.defected = f.defected
-                                         AND m.__dq_bin_0 = {_bin_sql('x1', b.edges[0])} AND m.__dq_bin_1 = {_bin_sql('x2', b.edges[1])}
-                                         AND m.__dq_bin_2 = {_bin_sql('x3', b.edges[2])}) AS r FROM full_t f) GROUP BY r""").fetchall()
+    keys = ", ".join(f'k."{c}"' for c in plan.key_columns)
+    match = " AND ".join(f'k."{c}" IS NOT DISTINCT FROM m."{c}"' for c in plan.key_columns)
+    full = con.execute(f"""SELECT count(*), avg(x1), avg(x1 * x2), avg(x3 * x3), m.__dq_region FROM (
+                              SELECT * FROM ({keyed_rows_sql('full_t', b, tuple(plan.spec.categorical), ('x1', 'x2', 'x3'))})) k
+                           JOIN v__moments m ON {match} GROUP BY m.__dq_region, {keys}""").fetchall()
     by_region = {r[-1]: r for r in full}
     assert len(by_region) == len(pts)
     for n, w, m1, m12, m33, r in pts:
@@ -298,5 +300,3 @@ def test_small_batch_updates_regions_in_closed_form(vcon, data):
             assert m33 == pytest.approx(a33, rel=1e-7)
 
 
-def _bin_sql(col: str, edges) -> str:
-    return "CASE " + " ".join(f"WHEN {col} < {e!r} THEN {k}" for k, e in enumerate(edges)) + f" ELSE {len(edges)} END"

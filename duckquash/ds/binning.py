@@ -11,7 +11,11 @@ Two cheap passes fix the binning before the moment pass:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+import math
+from dataclasses import dataclass, replace
+from typing import Sequence
 
 import duckdb
 import numpy as np
@@ -20,9 +24,10 @@ import pyarrow.compute as pc
 
 from ..errors import InputError
 from ..io.source import Source
-from ..sql.build import case_bins
-from ..sql.names import LAYER, MISS, PYR, PYR2, bin_col
+from ..sql.build import case_bins, key_match
+from ..sql.names import LAYER, LEAF, MISS, PYR, PYR2, ROOT_COL, bin_col
 from ..sql.quote import comma, ident, literal
+from .forest import MAX_LEAVES_PER_CELL, Forest, grow
 from .spec import SquashSpec
 
 FLOAT_TYPES = ("FLOAT", "DOUBLE", "REAL")
@@ -30,16 +35,26 @@ FLOAT_TYPES = ("FLOAT", "DOUBLE", "REAL")
 
 @dataclass(frozen=True)
 class Binning:
-    """Everything needed to put a row in its region again later (stored by materialised views)."""
+    """Everything needed to put a row in its region again later (stored by materialised views).
+
+    Power sums are of each row's values standardised by its region's *box* (HypRect bins and
+    adaptive leaves: the region's bounds per column, the outer ones closed by the table's
+    extent), ``z = (x - mid) / half``, so every term is O(1) whatever the column's magnitude;
+    Data Spheres use the global ``(x - center) / scale`` (their keys are radii in those units).
+    :meth:`frames` gives each region's (mid, half) to read the sums back.
+    """
 
     method: str
     quantitative: tuple[str, ...]
     float_columns: tuple[bool, ...]  # which inputs can hold NaN
-    center: tuple[float, ...]  # standardisation: z = (x - center) / scale
+    center: tuple[float, ...]  # global standardisation: (x - center) / scale
     scale: tuple[float, ...]
     edges: tuple[tuple[float, ...], ...]  # HypRect: interior edges per variable, raw scale
     layer_edges: tuple[float, ...]  # Data Spheres: interior radius edges, standardised scale
     split_outer: bool  # Data Spheres: split the outermost layer by the second-largest coordinate
+    box_lo: tuple[float | None, ...] = ()  # the table's extent when binned: the outer boxes' bounds
+    box_hi: tuple[float | None, ...] = ()
+    forest: Forest | None = None  # adaptive: the cells' trees
 
     def value_sql(self, j: int) -> str:
         """The j-th quantitative column as DOUBLE, NaN mapped to NULL."""
@@ -47,23 +62,33 @@ class Binning:
         return f"nullif({col}, 'NaN'::DOUBLE)" if self.float_columns[j] else col
 
     def z_sql(self, j: int, value: str) -> str:
+        """Global standardisation of ``value`` (Data Sphere keys)."""
         return f"(({value} - {literal(self.center[j])}) / {literal(self.scale[j])})"
 
     def key_columns(self) -> list[str]:
         """Names of the region-key columns this binning adds (besides the categoricals)."""
         q = len(self.quantitative)
+        if not q:
+            return []
         if self.method == "hyprect":
             return [bin_col(j) for j in range(q)]
-        return [MISS, LAYER, PYR, PYR2] if q else []
+        if self.method == "adaptive":
+            return [MISS, LEAF]
+        return [MISS, LAYER, PYR, PYR2]
+
+    def miss_sql(self, v: list[str]) -> str:
+        """Bit j set when the j-th value is NULL (or NaN)."""
+        return "(" + " + ".join(f"(CASE WHEN {v[j]} IS NULL THEN {1 << j} ELSE 0 END)"
+                                for j in range(len(v))) + ")::INTEGER"
 
     def key_sql(self, v: list[str], z: list[str]) -> list[str]:
-        """Key expressions over raw values ``v`` and standardised ``z`` (SQL names), aligned with key_columns()."""
+        """HypRect and Data Sphere keys over raw values ``v`` and globally standardised ``z`` (SQL names)."""
         q = len(self.quantitative)
         if self.method == "hyprect":
             return [case_bins(v[j], self.edges[j]) for j in range(q)]
         if not q:
             return []
-        miss = " + ".join(f"(CASE WHEN {z[j]} IS NULL THEN {1 << j} ELSE 0 END)" for j in range(q))
+        miss = self.miss_sql(z)
         radius = "sqrt(" + " + ".join(f"coalesce({z[j]} * {z[j]}, 0.0)" for j in range(q)) + ")"
         layer = case_bins(radius, self.layer_edges)
         signed = "[" + comma(f"coalesce({z[j]}, 0.0)" for j in range(q)) + "]"
@@ -79,7 +104,131 @@ class Binning:
         pyr_expr = f"CASE WHEN {layer} = 0 AND {n_layers} > 1 THEN -1 ELSE {pyr} END::SMALLINT"
         outer = n_layers - 1 if (self.split_outer and n_layers > 1 and q > 1) else -99
         pyr2_expr = f"CASE WHEN {layer} = {outer} THEN {pyr2} ELSE -1 END::SMALLINT"
-        return [f"({miss})::INTEGER", layer, pyr_expr, pyr2_expr]
+        return [miss, layer, pyr_expr, pyr2_expr]
+
+    # ------------------------------------------------------------------ boxes
+
+    def _bin_boxes(self, j: int) -> tuple[np.ndarray, np.ndarray]:
+        """HypRect: (lo, hi) of every bin of column j, the outer ones closed by the extent."""
+        lo, hi = self.box_lo[j], self.box_hi[j]
+        lo = 0.0 if lo is None else lo
+        hi = lo if self.box_hi[j] is None else hi
+        cuts = np.concatenate([[lo], np.array(self.edges[j], dtype=float), [hi]])
+        return cuts[:-1], np.maximum(cuts[1:], cuts[:-1])
+
+    def _node_boxes(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.array(self.forest.lo, dtype=float), np.array(self.forest.hi, dtype=float)
+
+    def frames(self, keys: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """(mid, half) per region (rows of ``keys``, the key columns) and column: the units of its sums."""
+        q, r = len(self.quantitative), keys.num_rows
+        if self.method == "datasphere" or not q:
+            return np.tile(np.array(self.center), (r, 1)), np.tile(np.array(self.scale), (r, 1))
+        mid, half = np.zeros((r, q)), np.ones((r, q))
+        if self.method == "hyprect":
+            for j in range(q):
+                lo, hi = self._bin_boxes(j)
+                b = keys.column(bin_col(j)).to_numpy(zero_copy_only=False)
+                ok = ~np.isnan(b.astype(float))
+                k = np.where(ok, b, 0).astype(np.int64)
+                mid[ok, j], half[ok, j] = ((lo + hi) / 2)[k[ok]], _half(lo, hi)[k[ok]]
+            return mid, half
+        lo, hi = self._node_boxes()
+        leaf = keys.column(LEAF).to_numpy(zero_copy_only=False).astype(np.int64)
+        return ((lo + hi) / 2)[leaf], _half(lo, hi)[leaf]
+
+    def local_z_sql(self, j: int, v: str, g: str) -> str:
+        """The power-sum units of value ``v`` (global z ``g``): its box's (x - mid) / half."""
+        if self.method == "datasphere":
+            return g
+        if self.method == "adaptive":
+            return f"(({v} - {NODE_MID}{j}[{LEAF} + 1]) / {NODE_HALF}{j}[{LEAF} + 1])"
+        lo, hi = self._bin_boxes(j)
+        mids, halves = (lo + hi) / 2, _half(lo, hi)
+        b = bin_col(j)
+        if len(mids) == 1:
+            return f"(({v} - {literal(float(mids[0]))}) / {literal(float(halves[0]))})"
+        m = " ".join(f"WHEN {k} THEN {literal(float(x))}" for k, x in enumerate(mids))
+        h = " ".join(f"WHEN {k} THEN {literal(float(x))}" for k, x in enumerate(halves))
+        return f"(({v} - CASE {b} {m} END) / CASE {b} {h} END)"
+
+    def z_bound(self, lo: Sequence[float | None], hi: Sequence[float | None]) -> list[float]:
+        """Per column, the largest |power-sum unit| a value in [lo, hi] can take (fixed-point headroom)."""
+        out = []
+        for j in range(len(self.quantitative)):
+            if lo[j] is None:
+                out.append(1.0)
+                continue
+            if self.method == "datasphere":
+                out.append(max(abs(lo[j] - self.center[j]), abs(hi[j] - self.center[j])) / self.scale[j])
+                continue
+            if self.method == "hyprect":
+                blo, bhi = self._bin_boxes(j)
+            else:
+                nlo, nhi = self._node_boxes()
+                blo, bhi = nlo[:, j], nhi[:, j]
+            # a value beyond the extent falls in the outer boxes (open bins, or the tree's outer leaves)
+            reach_lo = np.where(blo <= self.box_lo[j], min(lo[j], self.box_lo[j]), blo)
+            reach_hi = np.where(bhi >= self.box_hi[j], max(hi[j], self.box_hi[j]), bhi)
+            mid, half = (blo + bhi) / 2, _half(blo, bhi)
+            out.append(float(np.max(np.maximum(np.abs(reach_lo - mid), np.abs(reach_hi - mid)) / half, initial=1.0)))
+        return out
+
+    # ------------------------------------------------------------------ adaptive regions' tables
+
+    def aux_tables(self) -> dict[str, pa.Table]:
+        """Tables the region-key SQL reads (adaptive: the cells' roots and the node lists); name -> table."""
+        if self.method != "adaptive" or self.forest is None:
+            return {}
+        f, q = self.forest, len(self.quantitative)
+        lo, hi = self._node_boxes()
+        cols = {f"{NODE}dim": [[max(d, 0) + 1 for d in f.dim]], f"{NODE}first": [list(f.first)],
+                f"{NODE}thr": [list(f.thr)]}
+        for j in range(q):
+            cols[f"{NODE_MID}{j}"] = [((lo[:, j] + hi[:, j]) / 2).tolist()]
+            cols[f"{NODE_HALF}{j}"] = [_half(lo[:, j], hi[:, j]).tolist()]
+        cells_name, nodes_name = self.aux_names()
+        return {cells_name: f.cell_table(), nodes_name: pa.table(cols)}
+
+    def aux_names(self) -> tuple[str, str]:
+        """Names of the cells and nodes tables: fixed by the trees' content, so any session can rebuild them."""
+        f = self.forest
+        content = json.dumps([f.dim, f.thr, f.first, f.lo, f.hi]).encode() + f.cells
+        digest = hashlib.sha1(content).hexdigest()[:16]
+        return f"__dq_cells_{digest}", f"__dq_nodes_{digest}"
+
+    def adaptive_keys_sql(self, rows_sql: str, categorical: tuple[str, ...], v: list[str]) -> str:
+        """Rows of ``rows_sql`` (which has the categoricals and values ``v``) with MISS and LEAF, and
+        the node lists still attached (for :meth:`local_z_sql`): each complete row starts at its
+        cell's root (or node 0 for an unseen cell) and walks the tree, one projection per level
+        (each level a new column: no engine-specific ``REPLACE``)."""
+        cells, nodes = (ident(n) for n in self.aux_names())
+        start = f"CASE WHEN {MISS} = 0 THEN coalesce(c.{ROOT_COL}, 0) ELSE 0 END::BIGINT"
+        on = key_match("s", "c", categorical) if categorical else "TRUE"
+        sql = (f"SELECT s.*, {start} AS {NODE}l0 FROM (SELECT *, {self.miss_sql(v)} AS {MISS} FROM ({rows_sql})) s "
+               f"LEFT JOIN {cells} c ON {on}")
+        cs = f"{NODE}cs"
+        sql = f"SELECT t.*, [{comma(v)}] AS {cs}, n.* FROM ({sql}) t CROSS JOIN {nodes} n"
+        for k in range(self.forest.depth):
+            at = f"{NODE}l{k} + 1"
+            step = f"{NODE}first[{at}] + (coalesce({cs}[{NODE}dim[{at}]], 0.0) >= {NODE}thr[{at}])::BIGINT"
+            sql = f"SELECT *, {step} AS {NODE}l{k + 1} FROM ({sql})"
+        return f"SELECT *, {NODE}l{self.forest.depth} AS {LEAF} FROM ({sql})"
+
+    def node_columns(self) -> list[str]:
+        """The node-list columns :meth:`adaptive_keys_sql` attaches (to drop after :meth:`local_z_sql`)."""
+        q = len(self.quantitative)
+        return ([f"{NODE}cs", f"{NODE}dim", f"{NODE}first", f"{NODE}thr"] + [f"{NODE_MID}{j}" for j in range(q)]
+                + [f"{NODE_HALF}{j}" for j in range(q)])
+
+
+NODE, NODE_MID, NODE_HALF = "__dq_nd_", "__dq_nd_mid", "__dq_nd_half"
+
+
+def _half(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Half-widths of boxes, 1 where a box has no width (its values are all equal: any unit will do)."""
+    h = (np.asarray(hi, dtype=float) - np.asarray(lo, dtype=float)) / 2
+    return np.where(h > 0, h, 1.0)
 
 
 @dataclass(frozen=True)
@@ -153,28 +302,45 @@ def draw_sample(con: duckdb.DuckDBPyConnection, src: Source, spec: SquashSpec, n
     return rows
 
 
+def _center_scale(col: np.ndarray, lo: float | None, hi: float | None) -> tuple[float, float]:
+    """Mean and sd of sampled values without overflow (values up to the DOUBLE range): computed on
+    the values divided by their largest magnitude, then scaled back."""
+    if col.size == 0:  # only NULLs in the sample: fall back on the global range
+        c = 0.0 if lo is None else lo / 2 + hi / 2
+        return c, 1.0 if lo is None or hi == lo else hi / 2 - lo / 2
+    big = float(np.max(np.abs(col)))
+    if big == 0:
+        return 0.0, 1.0 if lo is None or hi == lo else hi / 2 - lo / 2
+    u = col / big
+    c = float(u.mean()) * big
+    s = float((u - u.mean()).std()) * big
+    if not (s > 0 and math.isfinite(s)):
+        s = 1.0 if lo is None or hi == lo else hi / 2 - lo / 2
+    return c, s
+
+
+ROWS_PER_LEAF = 30  # adaptive default: about 30 (q + 1) rows per region (measured: see benchmarks/real_tables.py)
+MIN_LEAF_ROWS = 5  # a split keeps at least 5 (q + 1) rows (estimated) on each side
+
+
 def fit_binning(con: duckdb.DuckDBPyConnection, src: Source,
-                spec: SquashSpec) -> tuple[Binning, Extent, pa.Table]:
-    """Run the two cheap passes; return the binning, the global extent and the sample rows."""
+                spec: SquashSpec) -> tuple[Binning, Extent, pa.Table, float]:
+    """Run the two cheap passes; return the binning, the global extent, the sample rows and the alpha
+    to use (``spec.alpha``, or the one that lands near ``spec.size`` points)."""
     q = spec.quantitative
     floats = [src.columns[c].upper().split("(")[0] in FLOAT_TYPES for c in q]
     extent = _extent(con, src, spec, floats)
     if extent.n_rows == 0:
         raise InputError(f"{src.label} is empty: there is nothing to squash")
-    sample_rows = draw_sample(con, src, spec, extent.n_rows) if q else pa.table({})
+    need_sample = bool(q) or spec.size is not None or spec.method == "adaptive"
+    sample_rows = draw_sample(con, src, spec, extent.n_rows) if need_sample else pa.table({})
     sample = float_matrix(sample_rows, q)
     center, scale, edges = [], [], []
     for j in range(len(q)):
         col = sample[:, j]
         col = col[~np.isnan(col)]
         lo, hi = extent.minimum[j], extent.maximum[j]
-        if col.size == 0:  # only NULLs in the sample: fall back on the global range
-            c = 0.0 if lo is None else (lo + hi) / 2
-            s = 1.0 if lo is None or hi == lo else (hi - lo) / 2
-        else:
-            c, s = float(col.mean()), float(col.std())
-            if not s > 0:
-                s = 1.0 if lo is None or hi == lo else (hi - lo) / 2
+        c, s = _center_scale(col, lo, hi)
         center.append(c)
         scale.append(s)
         if spec.method == "hyprect" and col.size:
@@ -185,13 +351,130 @@ def fit_binning(con: duckdb.DuckDBPyConnection, src: Source,
         else:
             edges.append(())
     layer_edges: tuple[float, ...] = ()
-    if spec.method == "datasphere" and q and spec.layers > 1:
-        z = (sample - np.array(center)) / np.array(scale)
-        r = np.sqrt(np.nansum(z * z, axis=1))
-        qs = np.unique(np.quantile(r, np.arange(1, spec.layers) / spec.layers))
-        layer_edges = tuple(float(v) for v in qs[qs > r.min()])
-    binning = Binning(spec.method, q, tuple(floats), tuple(center), tuple(scale), tuple(edges), layer_edges, True)
-    return binning, extent, sample_rows
+    if spec.method == "datasphere" and q:
+        bound = max([max(abs(lo - c), abs(hi - c)) / s for lo, hi, c, s in
+                     zip(extent.minimum, extent.maximum, center, scale) if lo is not None] + [0.0])
+        if bound > 1e70:  # the fourth powers of the standardised values would overflow DOUBLE
+            raise InputError(f"a quantitative column spans {bound:.1e} of its standard deviations; Data Spheres "
+                             "standardise globally and cannot sum its powers: use method='adaptive' or 'hyprect'")
+        if spec.layers > 1:
+            z = (sample - np.array(center)) / np.array(scale)
+            r = np.sqrt(np.nansum(z * z, axis=1))
+            qs = np.unique(np.quantile(r, np.arange(1, spec.layers) / spec.layers))
+            layer_edges = tuple(float(v) for v in qs[qs > r.min()])
+    binning = Binning(spec.method, q, tuple(floats), tuple(center), tuple(scale), tuple(edges), layer_edges, True,
+                      tuple(extent.minimum), tuple(extent.maximum))
+    alpha = spec.alpha
+    if spec.method == "adaptive" or spec.size is not None:
+        binning, alpha = _fit_regions(binning, extent, spec, sample_rows, sample)
+    return binning, extent, sample_rows, alpha
+
+
+def _fit_regions(binning: Binning, extent: Extent, spec: SquashSpec, rows: pa.Table,
+                 x: np.ndarray) -> tuple[Binning, float]:
+    """Adaptive trees (their leaf budget from the default rows per leaf, or searched so that the
+    predicted number of points lands on ``spec.size``), and the alpha to use."""
+    q, n = len(spec.quantitative), extent.n_rows
+    w = n / max(rows.num_rows, 1)
+    cells, cell_of_row = _cells(rows, spec.categorical)
+    counts = np.bincount(cell_of_row, minlength=cells.num_rows) * w
+    miss = np.isnan(x).any(axis=1) if q else np.zeros(rows.num_rows, dtype=bool)
+    incomplete = _pattern_counts(x[miss], cell_of_row[miss]) * w if miss.any() else np.empty(0)
+    growth = None
+    if spec.method == "adaptive" and q:
+        min_rows = MIN_LEAF_ROWS * (q + 1)
+        most = [int(min(MAX_LEAVES_PER_CELL, max(1, c // min_rows))) for c in counts]
+        lo = np.array([np.nan if v is None else v for v in extent.minimum], dtype=float)
+        hi = np.array([np.nan if v is None else v for v in extent.maximum], dtype=float)
+        growth = grow(cells, cell_of_row, x, lo, hi, np.array(binning.scale), w, min_rows, most)
+
+    def wants(rows_per_leaf: float) -> list[int]:
+        return [max(1, int(round(growth.cell_rows(c) / rows_per_leaf))) for c in range(growth.cells.num_rows)]
+
+    def predicted(rows_per_leaf: float, alpha: float) -> float:
+        """Points the squash would make: tree leaves, cells without a tree, incomplete rows' regions."""
+        sizes, dims = [], []
+        treed = np.zeros(cells.num_rows, dtype=bool)
+        if growth is not None:
+            for c, want in enumerate(wants(rows_per_leaf)):
+                for i in growth.leaves(c, want):
+                    sizes.append(growth.nodes[c][i][3] * w)
+                    dims.append(growth.nodes[c][i][4])
+            treed[growth.kept] = True
+        sizes += list(counts[~treed])
+        dims += [q] * int((~treed).sum())
+        sizes += list(incomplete)
+        dims += [q] * len(incomplete)
+        from .points import n_points  # noqa: PLC0415 - tiny module, imported where the rule applies
+
+        return float(n_points(np.array(sizes), np.array(dims), alpha, spec.method, spec.exact_covariance).sum())
+
+    rows_per_leaf, alpha = float(ROWS_PER_LEAF * (q + 1)), spec.alpha
+    if spec.size is not None:
+        rows_per_leaf, alpha = _search_size(predicted, spec, n, cells.num_rows + len(incomplete),
+                                            growth is not None)
+    if growth is not None:
+        binning = replace(binning, forest=growth.build(wants(rows_per_leaf)))
+    return binning, alpha
+
+
+def _search_size(predicted, spec: SquashSpec, n: int, n_cells: int, trees: bool) -> tuple[float, float]:
+    """Rows per leaf and alpha whose predicted points land nearest ``spec.size``."""
+    size = spec.size
+    if n_cells > size:
+        raise InputError(f"size={size:,} is below the number of categorical cells and missing-value patterns "
+                         f"({n_cells:,} in the sample, each needs a point of its own); raise size or drop "
+                         "high-cardinality categorical columns")
+    if size >= n:
+        raise InputError(f"size={size:,} is not smaller than the table's {n:,} rows")
+    lo_r, hi_r = 1.0, float(n)  # rows per leaf: few leaves at hi_r, as many as the sample allows at lo_r
+    alpha = spec.alpha if spec.alpha > 0 else 1.0
+    if predicted(hi_r, alpha) > size:  # even one region per cell is too many points: fewer per region
+        a_lo, a_hi = 0.0, alpha
+        for _ in range(40):
+            mid = (a_lo + a_hi) / 2
+            a_lo, a_hi = (mid, a_hi) if predicted(hi_r, mid) <= size else (a_lo, mid)
+        return hi_r, a_lo
+    if not trees or predicted(lo_r, alpha) < size:  # regions cannot shrink further: more points per region
+        r = lo_r if trees else hi_r
+        a_lo, a_hi = alpha, alpha
+        while predicted(r, a_hi) < size and a_hi < 1e4:
+            a_hi *= 2
+        for _ in range(40):
+            mid = (a_lo + a_hi) / 2
+            a_lo, a_hi = (mid, a_hi) if predicted(r, mid) <= size else (a_lo, mid)
+        return r, a_lo
+    for _ in range(40):  # geometric bisection on rows per leaf
+        mid = math.sqrt(lo_r * hi_r)
+        lo_r, hi_r = (lo_r, mid) if predicted(mid, alpha) <= size else (mid, hi_r)
+    return hi_r, alpha
+
+
+def _cells(rows: pa.Table, categorical: tuple[str, ...]) -> tuple[pa.Table, np.ndarray]:
+    """The distinct categorical combinations of the sample (in order of first appearance; the sample
+    is in hash order, so this is deterministic) and each row's index among them."""
+    n = rows.num_rows
+    if not categorical:
+        return pa.table({"__dq_one": [0]}).drop_columns(["__dq_one"]), np.zeros(n, dtype=np.int64)
+    nan = object()
+    keys = zip(*[[nan if isinstance(v, float) and v != v else v for v in rows.column(c).to_pylist()]
+                 for c in categorical])
+    index: dict[tuple, int] = {}
+    first: list[int] = []
+    cell_of_row = np.empty(n, dtype=np.int64)
+    for i, k in enumerate(keys):
+        c = index.setdefault(k, len(index))
+        if c == len(first):
+            first.append(i)
+        cell_of_row[i] = c
+    return rows.select(list(categorical)).take(pa.array(first, pa.int64())), cell_of_row
+
+
+def _pattern_counts(x: np.ndarray, cell: np.ndarray) -> np.ndarray:
+    """Sample rows per (cell, missing pattern) among rows with a missing value."""
+    pattern = np.isnan(x) @ (1 << np.arange(x.shape[1]))
+    _, counts = np.unique(np.column_stack([cell, pattern]), axis=0, return_counts=True)
+    return counts.astype(float)
 
 
 def float_matrix(tbl: pa.Table, columns: tuple[str, ...]) -> np.ndarray:

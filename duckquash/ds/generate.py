@@ -19,28 +19,22 @@ import pyarrow as pa
 
 from ..sql.names import ROWS_COL, max_col, min_col, moment_col
 from .binning import Binning
-from .moments import MomentTable, exponents
+from .moments import MomentTable
+from .points import n_points
 from .solver import EXACT_TOL, Batch, Fit, moment_plan, solve_batch
 from .spec import SquashSpec
 
-_BUMPS = 3  # times a region whose second order is not exact gets one more point
+BUMPS = 3  # times a region whose second order is not exact gets one more point
 _CHUNK = 128  # regions per solver batch
 _THREADS = min(4, os.cpu_count() or 1)  # solver threads over chunks
 
 
-def n_points(n: np.ndarray, alpha: float) -> np.ndarray:
-    """M_r = max(1, ceil(alpha * log2 N_r)) for an array of region counts."""
-    n = np.asarray(n, dtype=float)
-    m = np.ceil(alpha * np.log2(np.maximum(n, 1.0)) - 1e-12)
-    return np.maximum(1, m).astype(np.int64)
-
-
-def exact_row_limit(alpha: float, q: int) -> int:
+def exact_row_limit(alpha: float, q: int, method: str) -> int:
     """Largest region size kept row by row when M_r reaches N_r (also after extra points are added)."""
     limit = 2 * (q + 1)
     n = 2
     while n < 4096:
-        m = n_points(np.array([n]), alpha)[0]
+        m = n_points(np.array([n]), np.array([q]), alpha, method)[0]
         if m >= n:
             limit = max(limit, n)
         elif n > 64 and m < n // 2:
@@ -49,16 +43,20 @@ def exact_row_limit(alpha: float, q: int) -> int:
     return limit
 
 
-def central_moments(raw: dict[tuple[int, ...], np.ndarray], n: np.ndarray, q: int, degree: int,
-                    mean: np.ndarray, sd: np.ndarray) -> dict[tuple[int, ...], np.ndarray]:
+def central_moments(raw: dict[tuple[int, ...], np.ndarray], n: np.ndarray, mean: np.ndarray,
+                    sd: np.ndarray) -> dict[tuple[int, ...], np.ndarray]:
     """Central moments mean(prod ((z_j - mean_j) / sd_j)^e_j) for every region, from raw power sums.
 
-    ``raw[e]`` holds sum(prod z_j^e_j) per region (globally standardised z, so the binomial
-    expansion loses little); ``mean``/``sd`` are (R, q).
+    ``raw[e]`` holds sum(prod z_j^e_j) per region (z in the region's box units, so the binomial
+    expansion loses little); ``mean``/``sd`` are (R, q). Monomials whose lower terms were not
+    all summed are left out.
     """
     out: dict[tuple[int, ...], np.ndarray] = {}
     nf = n.astype(float)
-    for e in exponents(q, degree):
+    for e in raw:
+        subs = [k for k in product(*(range(p + 1) for p in e)) if any(k) and k != e]
+        if any(k not in raw for k in subs):
+            continue
         acc = np.zeros_like(nf)
         for k in product(*(range(p + 1) for p in e)):
             coef = np.ones_like(nf)
@@ -98,7 +96,7 @@ class _Regions:
     mean_z: np.ndarray
     sd_z: np.ndarray
     central: dict[tuple[int, ...], np.ndarray]
-    center: np.ndarray
+    center: np.ndarray  # (R, q): each region's units, z = (x - center) / scale
     scale: np.ndarray
 
     @property
@@ -107,7 +105,7 @@ class _Regions:
         return np.clip(self.center + self.scale * self.mean_z, self.lo_x, self.hi_x)
 
 
-def _regions(moments: MomentTable, binning: Binning, degree: int) -> _Regions:
+def _regions(moments: MomentTable, binning: Binning) -> _Regions:
     tbl, q = moments.table, len(binning.quantitative)
     n = moments.counts()
     nf = n.astype(float)
@@ -120,9 +118,9 @@ def _regions(moments: MomentTable, binning: Binning, degree: int) -> _Regions:
     sd_z = np.sqrt(np.maximum(var_z, 0.0))
     present = ~np.isnan(lo_x)
     active = present & (hi_x > lo_x) & (sd_z > 1e-9 * np.maximum(1.0, np.abs(mean_z)))
-    central = central_moments(raw, n, q, degree, mean_z, np.where(sd_z > 0, sd_z, 1.0)) if q else {}
-    return _Regions(n, lo_x, hi_x, present, active, mean_z, sd_z, central,
-                    np.array(binning.center), np.array(binning.scale))
+    central = central_moments(raw, n, mean_z, np.where(sd_z > 0, sd_z, 1.0)) if q else {}
+    center, scale = binning.frames(tbl.select(list(moments.key_columns)))
+    return _Regions(n, lo_x, hi_x, present, active, mean_z, sd_z, central, center, scale)
 
 
 @dataclass(frozen=True)
@@ -139,7 +137,10 @@ class _Sample:
         region, values = region[order], values[order]
         ids = np.arange(len(reg.n))
         first = np.searchsorted(region, ids)
-        return cls(first, np.searchsorted(region, ids, side="right") - first, (values - reg.center) / reg.scale)
+        ok = region >= 0  # rows whose region is unknown start nothing
+        z = np.full(values.shape, np.nan)
+        z[ok] = (values[ok] - reg.center[region[ok]]) / reg.scale[region[ok]]
+        return cls(first, np.searchsorted(region, ids, side="right") - first, z)
 
 
 def _fit_group(reg: _Regions, sample: _Sample, idx: np.ndarray, mr: int, act: tuple[int, ...],
@@ -149,14 +150,15 @@ def _fit_group(reg: _Regions, sample: _Sample, idx: np.ndarray, mr: int, act: tu
     Returns raw-scale points (B, mr, q), weights (B, mr) and the fit diagnostics.
     """
     q, a, dd = reg.lo_x.shape[1], np.array(act), len(act)
-    plan = moment_plan(mr, dd, spec.degree)
+    plan = moment_plan(mr, dd, spec.degree, lambda e: _scatter(q, act, e) in reg.central)
     target = np.column_stack([reg.central[_scatter(q, act, e)][idx] for e in plan.exps])
     corr = np.empty((len(idx), dd, dd))
     for i, k in product(range(dd), range(dd)):
         corr[:, i, k] = reg.central[_scatter(q, act, np.eye(dd, dtype=int)[i] + np.eye(dd, dtype=int)[k])][idx]
     mu, sd = reg.mean_z[np.ix_(idx, a)], reg.sd_z[np.ix_(idx, a)]
     lo_x, hi_x = reg.lo_x[np.ix_(idx, a)], reg.hi_x[np.ix_(idx, a)]
-    to_u = lambda x: ((x - reg.center[a]) / reg.scale[a] - mu) / sd  # noqa: E731
+    center, scale = reg.center[np.ix_(idx, a)], reg.scale[np.ix_(idx, a)]
+    to_u = lambda x: ((x - center) / scale - mu) / sd  # noqa: E731
     batch = Batch(plan, target, to_u(lo_x), to_u(hi_x), corr)
 
     def starts(sub: np.ndarray, attempt: int) -> tuple[np.ndarray, np.ndarray]:
@@ -182,7 +184,7 @@ def _fit_group(reg: _Regions, sample: _Sample, idx: np.ndarray, mr: int, act: tu
         fits = [solve_chunk(c0) for c0 in chunks]
     fit = Fit(*(np.concatenate([getattr(f, k) for f in fits]) for k in Fit.__dataclass_fields__))
     x = np.repeat(reg.mean_x[idx][:, None, :], mr, axis=1)
-    xa = reg.center[a] + reg.scale[a] * (mu[:, None, :] + sd[:, None, :] * fit.y)
+    xa = center[:, None, :] + scale[:, None, :] * (mu[:, None, :] + sd[:, None, :] * fit.y)
     x[:, :, a] = np.clip(xa, lo_x[:, None, :], hi_x[:, None, :])
     return x, reg.n[idx][:, None] * fit.pi, fit
 
@@ -193,7 +195,7 @@ def generate(moments: MomentTable, binning: Binning, spec: SquashSpec, fetch_row
 
     ``sample`` is (region index, raw values) of the binning sample; its rows seed the solver.
     A region whose mean and covariance cannot be matched exactly inside its bounds gets one
-    more point and is solved again (up to ``_BUMPS`` times); tiny regions end as their own rows.
+    more point and is solved again (up to ``BUMPS`` times); tiny regions end as their own rows.
     The solver's many small matrices run one BLAS thread each (parallelism is over chunks):
     a multithreaded BLAS on 78 x 78 systems spends its time synchronising, measured 9x slower.
     """
@@ -212,20 +214,16 @@ def _single_threaded_blas():
 def _generate(moments: MomentTable, binning: Binning, spec: SquashSpec, fetch_rows: int,
               sample: tuple[np.ndarray, np.ndarray]) -> Generated:
     tbl, q = moments.table, len(binning.quantitative)
-    reg = _regions(moments, binning, spec.degree)
+    reg = _regions(moments, binning)
     n, d = reg.n, reg.active.sum(axis=1)
-    m = np.ones(len(n), dtype=np.int64) if spec.alpha == 0 else n_points(n, spec.alpha)
-    if spec.alpha > 0 and spec.exact_covariance:
-        m = np.maximum(m, np.minimum(n, d + 1))
-    m = np.minimum(m, n)
-    m[d == 0] = 1
+    m = n_points(n, d, spec.alpha, spec.method, spec.exact_covariance)
     kind = np.full(len(n), "fit", dtype=object)
     kind[m == 1] = "mean"
     smp = _Sample.build(*sample, reg)
     stats = {k: np.zeros(len(n)) for k in ("resid2", "resid_high", "bound_excess")}
     restarts = np.zeros(len(n), dtype=np.int64)
     solved: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # region -> (points (m, q), weights)
-    for bump in range(_BUMPS + 1):
+    for bump in range(BUMPS + 1):
         rows = (kind == "fit") & (m >= n) & (n <= fetch_rows)
         kind[rows] = "rows"
         for k in stats:  # the region's own rows: exact (an earlier fit's diagnostics no longer apply)
@@ -243,7 +241,7 @@ def _generate(moments: MomentTable, binning: Binning, spec: SquashSpec, fetch_ro
             for i, r in enumerate(idx):
                 solved[int(r)] = (x[i], w[i])
         retry = [r for r in solved if stats["resid2"][r] > EXACT_TOL and m[r] < n[r]]
-        if not retry or bump == _BUMPS:  # the last round keeps its fits (else their points were lost)
+        if not retry or bump == BUMPS:  # the last round keeps its fits (else their points were lost)
             break
         for r in retry:
             del solved[r]

@@ -11,9 +11,11 @@ only deterministic to rounding).
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from dataclasses import dataclass
+from typing import Iterator, Sequence
 
 import duckdb
 import numpy as np
@@ -35,9 +37,22 @@ _MIN_FRACTION_BITS = 30  # fixed point needs at least 2**-30 resolution, else DO
 _MAX_FRACTION_BITS = 40
 
 
+def _compositions(q: int, d: int) -> list[tuple[int, ...]]:
+    """Every exponent vector of length q with total degree exactly d (C(q + d - 1, d) of them)."""
+    if q == 1:
+        return [(d,)]
+    return [(p,) + rest for p in range(d, -1, -1) for rest in _compositions(q - 1, d - p)]
+
+
 def exponents(q: int, degree: int) -> list[tuple[int, ...]]:
-    """All power vectors of total degree 1..degree, lowest order first, pure powers before mixed."""
-    out = [e for d in range(1, degree + 1) for e in itertools.product(range(d + 1), repeat=q) if sum(e) == d]
+    """All power vectors of total degree 1..degree, lowest order first, pure powers before mixed.
+
+    Enumerated directly (polynomial in q: 494 for q = 8 and degree 4, 10,625 for q = 20), not by
+    filtering the (degree + 1)^q grid.
+    """
+    if q == 0:
+        return []
+    out = [e for d in range(1, degree + 1) for e in _compositions(q, d)]
     return sorted(out, key=lambda e: (sum(e), sum(1 for p in e if p), tuple(-p for p in e)))
 
 
@@ -60,45 +75,102 @@ class MomentTable:
         return self.table.column(N_COL).to_numpy().astype(np.int64)
 
 
-def fraction_bits(binning: Binning, extent: Extent, e: tuple[int, ...]) -> int | None:
-    """Power of two for the fixed-point sum of monomial ``e``; None means sum in DOUBLE."""
-    log_bound = 0.0
-    for j, p in enumerate(e):
-        if p == 0:
-            continue
-        lo, hi = extent.minimum[j], extent.maximum[j]
-        if lo is None:
-            continue
-        b = max(abs(lo - binning.center[j]), abs(hi - binning.center[j])) / binning.scale[j]
-        log_bound += p * math.log2(max(b * (1 + 1e-9), 1.0) + 1e-12)
+def fraction_bits(bound: Sequence[float], e: tuple[int, ...]) -> int | None:
+    """Power of two for the fixed-point sum of monomial ``e`` given each column's largest |unit|
+    (:meth:`Binning.z_bound`); None means sum in DOUBLE."""
+    log_bound = sum(p * math.log2(max(b * (1 + 1e-9), 1.0) + 1e-12) for b, p in zip(bound, e) if p)
     bits = min(int(math.floor(_HEADROOM_BITS - log_bound - 1)), _MAX_FRACTION_BITS)
     return bits if bits >= _MIN_FRACTION_BITS else None
 
 
+def reframe(raw: dict[tuple[int, ...], np.ndarray], n: np.ndarray, shift: np.ndarray, stretch: np.ndarray,
+            targets: Sequence[tuple[int, ...]]) -> dict[tuple[int, ...], np.ndarray]:
+    """Power sums in other units: with ``u = shift + stretch * z`` per column (arrays (R, q), one row
+    per region), ``sum(prod u^e)`` for each target ``e`` from the sums ``raw[k] = sum(prod z^k)``
+    (binomial expansion; every ``k <= e`` must be in ``raw``, ``n`` is the count)."""
+    out = {}
+    nf = np.asarray(n, dtype=float)
+    for e in targets:
+        acc = np.zeros_like(nf)
+        for k in itertools.product(*(range(p + 1) for p in e)):
+            coef = np.ones_like(nf)
+            for j, (p, kj) in enumerate(zip(e, k)):
+                if p:
+                    coef = coef * (math.comb(p, kj) * shift[:, j] ** (p - kj) * stretch[:, j] ** kj)
+            acc = acc + coef * (nf if not any(k) else raw[tuple(k)])
+        out[tuple(e)] = acc
+    return out
+
+
 def keyed_rows_sql(from_sql: str, binning: Binning, categorical: tuple[str, ...], carry: tuple[str, ...] = (),
                    part: tuple[int, int] | None = None) -> str:
-    """Rows of ``from_sql`` with categoricals, DOUBLE values ``value_col(j)``, z-scores and region keys.
+    """Rows of ``from_sql`` with categoricals, DOUBLE values ``value_col(j)``, region keys and the values
+    in their region's power-sum units ``z_col(j)`` (see :class:`Binning`).
 
     ``carry`` names further columns passed through unchanged. ``part=(k, K)`` keeps only the
-    regions whose key hashes to k modulo K (see :func:`moment_parts`).
+    regions whose key hashes to k modulo K (see :func:`moment_parts`). Adaptive binnings read the
+    tables of :meth:`Binning.aux_tables` (see :func:`attached`).
     """
     q = len(binning.quantitative)
     cats = [ident(c) for c in categorical + carry]
     v, z = [value_col(j) for j in range(q)], [z_col(j) for j in range(q)]
     keys = binning.key_columns()
-    stage1 = comma(cats + [f"{binning.value_sql(j)} AS {v[j]}" for j in range(q)])
-    stage2 = comma(cats + v + [f"{binning.z_sql(j, v[j])} AS {z[j]}" for j in range(q)])
-    stage3 = comma(cats + v + z + [f"{expr} AS {k}" for expr, k in zip(binning.key_sql(v, z), keys)])
     # aliased subqueries: plain SQL that PostgreSQL (< 16) accepts too
-    sql = f"SELECT {stage3} FROM (SELECT {stage2} FROM (SELECT {stage1} FROM {from_sql}) AS __dq_s1) AS __dq_s2"
+    sql = f"SELECT {comma(cats + [f'{binning.value_sql(j)} AS {v[j]}' for j in range(q)])} FROM {from_sql}"
+    if binning.method == "adaptive" and q:  # the node lists it attaches are dropped by the last SELECT
+        sql = binning.adaptive_keys_sql(sql, categorical, v)
+        g = [None] * q
+    else:
+        g = [f"__dq_g_{j}" for j in range(q)]
+        if binning.method == "datasphere":
+            sql = f"SELECT *, {comma(f'{binning.z_sql(j, v[j])} AS {g[j]}' for j in range(q))} FROM ({sql}) AS __dq_s1"
+        if keys:
+            sql = (f"SELECT *, {comma(f'{e} AS {k}' for e, k in zip(binning.key_sql(v, g), keys))} "
+                   f"FROM ({sql}) AS __dq_s2")
+    if q:
+        zs = comma(f"{binning.local_z_sql(j, v[j], g[j])} AS {z[j]}" for j in range(q))
+        sql = f"SELECT {comma(cats + v + keys)}, {zs} FROM ({sql}) AS __dq_s3"
     if part is None or part[1] <= 1:
         return sql
     region = comma([ident(c) for c in categorical] + keys) or "0"
-    return f"SELECT * FROM ({sql}) AS __dq_s3 WHERE hash({region}) % {int(part[1])} = {int(part[0])}"
+    return f"SELECT * FROM ({sql}) AS __dq_s4 WHERE hash({region}) % {int(part[1])} = {int(part[0])}"
 
 
-def moment_sql(from_sql: str, binning: Binning, extent: Extent, categorical: tuple[str, ...], degree: int,
-               part: tuple[int, int] | None = None) -> str:
+def _present(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """Names of the temporary views and tables on ``con`` (registered Arrow data among them)."""
+    views = con.execute("SELECT view_name FROM duckdb_views() WHERE temporary").fetchall()
+    tables = con.execute("SELECT table_name FROM duckdb_tables() WHERE temporary").fetchall()
+    return {r[0] for r in views + tables}
+
+
+@contextlib.contextmanager
+def attached(con: duckdb.DuckDBPyConnection, binning: Binning) -> Iterator[None]:
+    """The binning's auxiliary tables (adaptive regions' cells and nodes) registered on ``con`` for the
+    body, under the names its SQL uses; re-entrant (tables already there are left alone)."""
+    tables = binning.aux_tables()
+    mine = [name for name in tables if name not in _present(con)] if tables else []
+    for name in mine:
+        con.register(name, tables[name])
+    try:
+        yield
+    finally:
+        for name in mine:
+            con.unregister(name)
+
+
+def install_aux(con: duckdb.DuckDBPyConnection, binning: Binning) -> None:
+    """The binning's auxiliary tables as TEMP tables of ``con`` (kept for the connection's lifetime),
+    so that its moment SQL runs there as plain SQL; a no-op when they exist or none are needed."""
+    tables = binning.aux_tables()
+    present = _present(con) if tables else set()
+    for name, table in tables.items():
+        if name not in present:
+            with registered(con, table, "aux") as view:
+                con.execute(f"CREATE TEMP TABLE {ident(name)} AS SELECT * FROM {ident(view)}")
+
+
+def moment_sql(from_sql: str, binning: Binning, extent: Extent, categorical: tuple[str, ...],
+               exps: Sequence[tuple[int, ...]], part: tuple[int, int] | None = None) -> str:
     """The moment query over the FROM item ``from_sql``: one row per region, sorted by region key.
 
     Each power sum is an exact ``HUGEINT`` total of terms scaled by ``2**fraction_bits`` (or a
@@ -111,9 +183,10 @@ def moment_sql(from_sql: str, binning: Binning, extent: Extent, categorical: tup
     aggs = [f"count(*)::BIGINT AS {N_COL}"]
     for j in range(q):
         aggs += [f"min({v[j]}) AS {min_col(j)}", f"max({v[j]}) AS {max_col(j)}"]
-    for e in exponents(q, degree):
+    bound = binning.z_bound(extent.minimum, extent.maximum)
+    for e in exps:
         term = " * ".join(z[j] for j, p in enumerate(e) for _ in range(p))
-        bits = fraction_bits(binning, extent, e)
+        bits = fraction_bits(bound, e)
         if bits is None:
             aggs.append(f"sum({term}) AS {moment_col(e)}")
         else:

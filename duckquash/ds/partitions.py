@@ -26,8 +26,9 @@ from .spec import SquashSpec
 
 
 def squash_plan(con: duckdb.DuckDBPyConnection, source: object, *, categorical: Sequence[str] | str = (),
-                quantitative: Sequence[str] | str = (), method: str = "hyprect", alpha: float = 1.0,
-                weight: str = "weight", seed: int = 0, bins: int = 3, layers: int = 3, **options) -> SquashPlan:
+                quantitative: Sequence[str] | str = (), method: str | None = None, alpha: float = 1.0,
+                weight: str = "weight", seed: int = 0, bins: int | None = None, layers: int | None = None, size: int | None = None,
+                **options) -> SquashPlan:
     """Fix a squash's binning from ``source`` (all data, a sample, or one representative partition).
 
     The returned plan emits the moment SQL for each partition (:meth:`SquashPlan.moment_sql`);
@@ -35,13 +36,14 @@ def squash_plan(con: duckdb.DuckDBPyConnection, source: object, *, categorical: 
     Values outside the plan's fixed-point range make a partition's query fail loudly (BIGINT
     overflow) rather than give wrong sums; build the plan on data covering every partition's range.
     """
-    spec = SquashSpec(categorical, quantitative, method, alpha, bins, layers, weight=weight, seed=seed, **options)
+    spec = SquashSpec(categorical, quantitative, method, alpha, bins, layers, weight=weight, seed=seed, size=size,
+                      **options)
     src = resolve(con, source)
     try:
         plan, _ = plan_from_source(con, src, spec)
     finally:
         src.close()
-    return plan
+    return plan.install(con)
 
 
 @contextlib.contextmanager

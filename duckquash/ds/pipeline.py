@@ -30,7 +30,7 @@ from ..sql.build import key_match
 from ..sql.names import N_COL, ROWS_COL
 from ..sql.quote import comma, ident
 from .generate import generate as solve
-from .moments import MomentTable, assign_regions, moment_parts, region_bound, small_rows_sql
+from .moments import MomentTable, assign_regions, attached, moment_parts, region_bound, small_rows_sql
 from .plan import SquashPlan, double_sql, merge_sql, plan_from_source
 from .results import SquashReport
 from .spec import SquashSpec
@@ -143,7 +143,7 @@ def momentize(con: duckdb.DuckDBPyConnection, plan: SquashPlan, from_sql: str, *
     parts = moment_parts(con, n_regions, plan.n_aggregates)
     temps: list[str] = []
     try:
-        with progress_bar(con, "momentize", show_progress, scan_share=1 / 3):  # scan -> GROUP BY -> ORDER BY
+        with attached(con, plan.binning), progress_bar(con, "momentize", show_progress, scan_share=1 / 3):
             sums = create_temp(con, plan.moment_sql(from_sql, rows=False, part=(0, parts)), "moments")
             temps.append(sums)
             for k in range(1, parts):
@@ -154,8 +154,9 @@ def momentize(con: duckdb.DuckDBPyConnection, plan: SquashPlan, from_sql: str, *
         small = (f"SELECT {comma(ident(c) for c in keys)} FROM temp.{ident(sums)} "
                  f"WHERE {ident(N_COL)} <= {int(plan.fetch_rows)}")
         if con.execute(f"SELECT count(*) FROM ({small})").fetchall()[0][0]:
-            lists = create_temp(con, small_rows_sql(from_sql, plan.binning, plan.spec.categorical, small,
-                                                    plan.fetch_rows), "rows")
+            with attached(con, plan.binning):
+                lists = create_temp(con, small_rows_sql(from_sql, plan.binning, plan.spec.categorical, small,
+                                                        plan.fetch_rows), "rows")
             temps.append(lists)
             joined = (f"SELECT m.*, l.{ident(ROWS_COL)} FROM temp.{ident(sums)} AS m "
                       f"LEFT JOIN temp.{ident(lists)} AS l ON {key_match('m', 'l', keys)}")
@@ -193,7 +194,8 @@ def generate(con: duckdb.DuckDBPyConnection, plan: SquashPlan, moments: MomentTa
     q = len(plan.binning.quantitative)
     fetch = plan.fetch_rows if ROWS_COL in moments.table.column_names else 0
     if sample is not None and sample.num_rows:
-        starts = assign_regions(con, plan.binning, moments, sample)
+        with attached(con, plan.binning):
+            starts = assign_regions(con, plan.binning, moments, sample)
     else:
         starts = (np.empty(0, dtype=np.int64), np.empty((0, q)))
     with progress_bar(None, "generate", show_progress):

@@ -19,12 +19,14 @@ Stored integer moment table columns (one row per region)::
 """
 from __future__ import annotations
 
+import base64
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Sequence
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from ..errors import InputError
@@ -34,11 +36,13 @@ from ..sql.dialect import FROM_PLACEHOLDER, check_dialect, render
 from ..sql.names import N_COL, ROWS_COL, max_col, min_col, moment_col
 from ..sql.quote import comma, ident, literal
 from .binning import Binning, Extent, fit_binning
-from .generate import exact_row_limit
-from .moments import exponents, fraction_bits, moment_sql, small_rows_sql
+from .forest import Forest
+from .generate import BUMPS, exact_row_limit
+from .points import n_points
+from .moments import exponents, fraction_bits, install_aux, moment_sql, small_rows_sql
 from .spec import SquashSpec
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: moments in region-box units, adaptive trees, the summed monomials listed
 _WIDEN = 2.0  # fixed-point range: twice the observed distance from the centre (room for drift)
 
 
@@ -57,10 +61,7 @@ class SquashPlan:
     observed: Extent  # min/max the binning pass saw (drift is measured against it)
     fetch_rows: int
     column_types: tuple[tuple[str, str], ...]  # source type of each input column
-
-    @property
-    def exps(self) -> tuple[tuple[int, ...], ...]:
-        return tuple(exponents(len(self.binning.quantitative), self.spec.degree))
+    exps: tuple[tuple[int, ...], ...] = ()  # the monomials summed: what some region will fit (moment_exps)
 
     @property
     def key_columns(self) -> tuple[str, ...]:
@@ -76,9 +77,22 @@ class SquashPlan:
         """Whether tiny regions keep their rows (``ROWS_COL``) instead of being fitted."""
         return self.fetch_rows > 0 and bool(self.binning.quantitative)
 
+    def install(self, con: duckdb.DuckDBPyConnection) -> SquashPlan:
+        """Create on ``con`` the TEMP tables an adaptive plan's SQL reads; returns the plan.
+
+        Adaptive regions are trees per categorical cell; :meth:`moment_sql` reads them from a cells
+        table and a one-row table of node lists (``plan.binning.aux_tables()`` gives both as Arrow
+        tables, to create wherever the SQL runs). :func:`duckquash.squash_plan` and
+        :func:`duckquash.view_plan` install them on their connection; HypRect and Data Sphere
+        plans need none.
+        """
+        install_aux(con, self.binning)
+        return self
+
     def bits(self) -> dict[tuple[int, ...], int | None]:
         """Fraction bits of each moment's fixed-point sum (None: summed in DOUBLE)."""
-        return {e: fraction_bits(self.binning, self.extent, e) for e in self.exps}
+        bound = self.binning.z_bound(self.extent.minimum, self.extent.maximum)
+        return {e: fraction_bits(bound, e) for e in self.exps}
 
     @property
     def fixed_point(self) -> bool:
@@ -101,8 +115,7 @@ class SquashPlan:
             raise InputError(f"moment SQL for {dialect} is available for HypRect plans only")
         if dialect != "duckdb" and part is not None:
             raise InputError("part= splits the pass by DuckDB's hash(); it is for DuckDB only")
-        sql = moment_sql(FROM_PLACEHOLDER, self.binning, self.extent, self.spec.categorical, self.spec.degree,
-                         part=part)
+        sql = moment_sql(FROM_PLACEHOLDER, self.binning, self.extent, self.spec.categorical, self.exps, part=part)
         if rows and dialect == "duckdb" and self.keeps_rows:
             sql = self._with_rows(sql, part)
         return render(sql, dialect, from_sql)
@@ -121,22 +134,46 @@ class SquashPlan:
                 + (f" ORDER BY {key_order(keys, 'm')}" if keys else ""))
 
     def to_json(self) -> str:
-        return json.dumps({"version": PLAN_VERSION, "spec": self.spec.as_dict(), "binning": asdict(self.binning),
+        return json.dumps({"version": PLAN_VERSION, "spec": self.spec.as_dict(), "binning": _binning_json(self.binning),
                            "extent": asdict(self.extent), "observed": asdict(self.observed),
-                           "fetch_rows": self.fetch_rows, "column_types": [list(t) for t in self.column_types]})
+                           "fetch_rows": self.fetch_rows, "column_types": [list(t) for t in self.column_types],
+                           "moments": [list(e) for e in self.exps]})
 
     @classmethod
     def from_json(cls, text: str) -> SquashPlan:
         d = json.loads(text)
         if d.get("version") != PLAN_VERSION:
             raise InputError(f"unsupported squash plan version {d.get('version')!r} (this duckquash reads {PLAN_VERSION})")
-        b = d["binning"]
-        binning = Binning(b["method"], tuple(b["quantitative"]), tuple(b["float_columns"]), tuple(b["center"]),
-                          tuple(b["scale"]), tuple(tuple(e) for e in b["edges"]), tuple(b["layer_edges"]),
-                          b["split_outer"])
         ext = lambda e: Extent(e["n_rows"], tuple(e["minimum"]), tuple(e["maximum"]))  # noqa: E731
-        return cls(SquashSpec(**d["spec"]), binning, ext(d["extent"]), ext(d["observed"]), int(d["fetch_rows"]),
-                   tuple((a, t) for a, t in d["column_types"]))
+        return cls(SquashSpec(**d["spec"]), _binning_from(d["binning"]), ext(d["extent"]), ext(d["observed"]),
+                   int(d["fetch_rows"]), tuple((a, t) for a, t in d["column_types"]),
+                   tuple(tuple(e) for e in d["moments"]))
+
+
+def _binning_json(b: Binning) -> dict:
+    out = asdict(b)
+    if b.forest is not None:
+        out["forest"] = {**asdict(b.forest), "cells": base64.b64encode(b.forest.cells).decode("ascii")}
+    return out
+
+
+def _binning_from(b: dict) -> Binning:
+    f = b.get("forest")
+    forest = None if f is None else Forest(
+        tuple(f["dim"]), tuple(f["thr"]), tuple(f["first"]), tuple(tuple(x) for x in f["lo"]),
+        tuple(tuple(x) for x in f["hi"]), int(f["depth"]), base64.b64decode(f["cells"]))
+    return Binning(b["method"], tuple(b["quantitative"]), tuple(b["float_columns"]), tuple(b["center"]),
+                   tuple(b["scale"]), tuple(tuple(e) for e in b["edges"]), tuple(b["layer_edges"]), b["split_outer"],
+                   tuple(b["box_lo"]), tuple(b["box_hi"]), forest)
+
+
+def moment_exps(q: int, degree: int, most_points: int) -> tuple[tuple[int, ...], ...]:
+    """The monomials to sum: every one of degree <= 2, then higher ones lowest order first, as many as
+    a region with ``most_points`` points fits (the paper's order; Generate uses what is there)."""
+    exps = exponents(q, degree)
+    low = [e for e in exps if sum(e) <= 2]
+    high = [e for e in exps if sum(e) > 2]
+    return tuple(low + high[:max(0, most_points * (q + 1) - len(low))])
 
 
 def _widened(binning: Binning, observed: Extent, factor: float) -> Extent:
@@ -160,15 +197,23 @@ def plan_from_source(con: duckdb.DuckDBPyConnection, src: Source, spec: SquashSp
 
     ``widen``: room for later rows beyond the observed range (plans that partitions, merges and
     refreshes reuse); a one-shot squash keeps the observed range, whose finer resolution it can use.
+    With ``spec.size`` the plan's spec carries the alpha that lands near it.
     """
     src.check_columns(spec.columns, spec.quantitative)
-    binning, observed, sample = fit_binning(con, src, spec)
+    binning, observed, sample, alpha = fit_binning(con, src, spec)
+    if alpha != spec.alpha:
+        spec = replace(spec, alpha=alpha)
+    q = len(spec.quantitative)
+    most = int(n_points(np.array([observed.n_rows]), np.array([q]), spec.alpha, spec.method,
+                        spec.exact_covariance)[0]) + BUMPS
+    exps = moment_exps(q, spec.degree, most)
     extent = _widened(binning, observed, _WIDEN) if widen else observed
-    if any(fraction_bits(binning, extent, e) is None for e in exponents(len(spec.quantitative), spec.degree)):
+    bound = binning.z_bound(extent.minimum, extent.maximum)
+    if any(fraction_bits(bound, e) is None for e in exps):
         extent = observed  # widening would push some sums out of fixed point: keep the observed range
-    fetch_rows = exact_row_limit(spec.alpha, len(spec.quantitative)) if spec.alpha > 0 else 0
+    fetch_rows = exact_row_limit(spec.alpha, q, spec.method) if spec.alpha > 0 else 0
     types = tuple((c, src.columns[c]) for c in spec.columns)
-    return SquashPlan(spec, binning, extent, observed, fetch_rows, types), sample
+    return SquashPlan(spec, binning, extent, observed, fetch_rows, types, exps), sample
 
 
 def merge_sql(plan: SquashPlan, from_items: Sequence[str], *, rows: bool = True) -> str:

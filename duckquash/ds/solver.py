@@ -53,11 +53,14 @@ class MomentPlan:
     fmap: _FeatureMap
 
 
-def moment_plan(m: int, d: int, degree: int) -> MomentPlan:
-    """Lowest-order moments first, all of degree <= 2, until K >= M (d + 1) or none are left."""
+def moment_plan(m: int, d: int, degree: int, available=None) -> MomentPlan:
+    """Lowest-order moments first, all of degree <= 2, until K >= M (d + 1) or none are left.
+
+    ``available``: if given, a predicate telling which (local) higher moments were summed.
+    """
     exps = exponents(d, degree)
     low = [e for e in exps if sum(e) <= 2]
-    high = [e for e in exps if sum(e) > 2]
+    high = [e for e in exps if sum(e) > 2 and (available is None or available(e))]
     need = max(0, m * (d + 1) - len(low))
     used = low + high[:need]
     deg = np.array([sum(e) for e in used])

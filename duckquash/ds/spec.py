@@ -8,7 +8,7 @@ from typing import Iterable
 from ..errors import InputError
 from ..sql.names import PREFIX
 
-METHODS = ("hyprect", "datasphere")
+METHODS = ("adaptive", "hyprect", "datasphere")
 
 
 def _names(value: Iterable[str] | str | None, what: str) -> tuple[str, ...]:
@@ -34,10 +34,10 @@ class SquashSpec:
 
     categorical: tuple[str, ...] = ()
     quantitative: tuple[str, ...] = ()
-    method: str = "hyprect"
+    method: str | None = None  # None: "hyprect" if bins is given, "datasphere" if layers is, else "adaptive"
     alpha: float = 1.0
-    bins: int = 3
-    layers: int = 3
+    bins: int | None = None  # None: 3
+    layers: int | None = None  # None: 3
     degree: int = 4
     weight: str = "weight"
     seed: int = 0
@@ -45,6 +45,7 @@ class SquashSpec:
     sample_size: int = 100_000
     restarts: int = 2
     max_iter: int = 30
+    size: int | None = None
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen dataclass normalisation
@@ -55,7 +56,12 @@ class SquashSpec:
             raise InputError(f"columns listed as both categorical and quantitative: {both}")
         if not self.categorical and not self.quantitative:
             raise InputError("nothing to squash: give at least one categorical or quantitative column")
-        method = str(self.method).lower().replace("_", "").replace("-", "")
+        method = self.method
+        if method is None:
+            method = "hyprect" if self.bins is not None else "datasphere" if self.layers is not None else "adaptive"
+        set_("bins", 3 if self.bins is None else self.bins)
+        set_("layers", 3 if self.layers is None else self.layers)
+        method = str(method).lower().replace("_", "").replace("-", "")
         if method not in METHODS:
             raise InputError(f"unknown method {self.method!r}; choose one of {list(METHODS)}")
         set_("method", method)
@@ -71,6 +77,8 @@ class SquashSpec:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
                 raise InputError(f"{name} must be an integer in [{lo}, {hi}], got {v!r}")
+        if self.size is not None and (isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1):
+            raise InputError(f"size must be a positive integer (the number of pseudo-points wanted), got {self.size!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise InputError(f"seed must be an integer, got {self.seed!r}")
         if not isinstance(self.weight, str) or not self.weight:

@@ -29,10 +29,11 @@ def _ds_options(p: argparse.ArgumentParser, methods: list[str]) -> None:
     """The squash options shared by ``squash`` and ``materialize``."""
     p.add_argument("--categorical", default="", help="comma-separated categorical columns")
     p.add_argument("--quantitative", default="", help="comma-separated numeric columns")
-    p.add_argument("--method", default="hyprect", choices=methods)
+    p.add_argument("--method", default=None, choices=methods,
+                   help="regions: adaptive (default; hyprect if --bins is given, datasphere if --layers is)")
     p.add_argument("--alpha", type=float, default=1.0, help="points per region: max(1, ceil(alpha*log2 N_r))")
-    p.add_argument("--bins", type=int, default=3, help="HypRect: quantile bins per variable")
-    p.add_argument("--layers", type=int, default=3, help="Data Spheres: radius layers")
+    p.add_argument("--bins", type=int, default=None, help="HypRect: quantile bins per variable (default 3)")
+    p.add_argument("--layers", type=int, default=None, help="Data Spheres: radius layers (default 3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--weight", default="weight", help="name of the weight column")
 
@@ -46,10 +47,10 @@ def _parser() -> argparse.ArgumentParser:
                                     "(.parquet, .csv, or db.duckdb:table). Weights are frequency weights summing to N.")
     sq.add_argument("input")
     sq.add_argument("-o", "--output", required=True)
-    _ds_options(sq, methods=["hyprect", "datasphere", "lds"])
+    _ds_options(sq, methods=["adaptive", "hyprect", "datasphere", "lds"])
     sq.add_argument("--formula", help="lds: the model, e.g. 'defected ~ x1 + x2 + C(a1)'")
     sq.add_argument("--family", default="binomial", choices=list(LDS_FAMILIES), help="lds: GLM family")
-    sq.add_argument("--size", type=int, help="lds: number of pseudo-points M")
+    sq.add_argument("--size", type=int, help="number of pseudo-points M wanted (lds: required)")
     sq.add_argument("--iterations", type=int, default=1, help="lds: ILDS iterations (1 = plain LDS)")
     sq.add_argument("--init", default="sample", choices=list(INITS), help="lds: initial estimate")
     sq.add_argument("--profiles", default="auto", choices=list(PROFILES),
@@ -73,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
                                     "materialised view VIEW (db.duckdb:name) that 'duckquash refresh' can extend.")
     ma.add_argument("input")
     ma.add_argument("view")
-    _ds_options(ma, methods=["hyprect", "datasphere"])
+    _ds_options(ma, methods=["adaptive", "hyprect", "datasphere"])
     ma.add_argument("--replace", action="store_true", help="rebuild an existing view")
     re_ = sub.add_parser("refresh", help="fold new rows into a materialised view db.duckdb:name",
                          description="Fold NEW_ROWS (file, glob, table of the same database, or db.duckdb:table) "
@@ -97,7 +98,8 @@ def _squash(args: argparse.Namespace) -> None:
                          refine=args.refine)
     else:
         spec = make_spec(args.method, categorical=args.categorical, quantitative=args.quantitative,
-                         alpha=args.alpha, bins=args.bins, layers=args.layers, weight=args.weight, seed=args.seed)
+                         alpha=args.alpha, bins=args.bins, layers=args.layers, weight=args.weight, seed=args.seed,
+                         size=args.size)
     db_in, db_out = _split_db(args.input), _split_db(args.output)
     same_db = db_in is not None and db_out is not None and os.path.abspath(db_in[0]) == os.path.abspath(db_out[0])
     if db_in is not None:

@@ -80,12 +80,16 @@ def install(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
         owner = owner_ref()
         if owner is None:
             raise RuntimeError("the connection that installed squash() is closed")
-        if str(method).lower() == "lds":
+        if src is None:
+            raise InputError("squash() needs a source: a table, view, file path or one SELECT")
+        if isinstance(method, str) and method.lower() == "lds":
             spec = make_spec("lds", weight=weight, seed=int(seed), formula=formula, size=int(size), family=family,
                              iterations=int(iterations), init=init, profiles=profiles, refine=bool(refine))
         else:
             spec = make_spec(method, categorical=tuple(categorical or ()), quantitative=tuple(quantitative or ()),
-                             alpha=alpha, bins=bins, layers=layers, weight=weight, seed=int(seed))
+                             alpha=1.0 if alpha is None else alpha, bins=bins, layers=layers,
+                             weight="weight" if weight is None else weight, seed=0 if seed is None else int(seed),
+                             size=int(size) if size else None)
         cur = owner.cursor()
         try:
             try:
@@ -102,7 +106,8 @@ def install(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
 
     names = duckdb.list_type(VARCHAR)
     con.create_function(_UDF, run, [VARCHAR, names, names, VARCHAR, DOUBLE, VARCHAR, BIGINT, INTEGER, INTEGER,
-                                    VARCHAR, VARCHAR, BIGINT, INTEGER, VARCHAR, VARCHAR, BOOLEAN], VARCHAR)
+                                    VARCHAR, VARCHAR, BIGINT, INTEGER, VARCHAR, VARCHAR, BOOLEAN], VARCHAR,
+                        null_handling="special")
     con.execute(_macro_sql().replace("{udf}", _UDF))
     udfs = [_UDF, _install_refresh(con, owner_ref)]
 

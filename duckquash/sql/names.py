@@ -15,8 +15,10 @@ ROWS_COL = "__dq_rows"  # the sorted value lists of a tiny region's rows (NULL f
 REGION = "__dq_region"  # region id of a materialised view's stored moments and points
 OLD_REGION = "__dq_old"  # a refreshed region's id before the refresh
 
-# Data Sphere key columns (HypRect keys are bin_col(j))
+# region keys besides the categoricals: HypRect bin_col(j); adaptive MISS, LEAF; Data Spheres MISS, LAYER, PYR, PYR2
 MISS, LAYER, PYR, PYR2 = "__dq_miss", "__dq_layer", "__dq_pyr", "__dq_pyr2"
+LEAF = "__dq_leaf"  # adaptive regions: the row's leaf in its cell's tree
+ROOT_COL = "__dq_root"  # adaptive regions: the root node of a cell's tree (in the cells table)
 
 
 def value_col(j: int) -> str:

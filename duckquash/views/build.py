@@ -75,15 +75,17 @@ def build(con: duckdb.DuckDBPyConnection, names: ViewNames, src: Source, spec: S
 
 def materialize(con: duckdb.DuckDBPyConnection, name: str | Sequence[str], source: object, *,
                 categorical: Sequence[str] | str = (), quantitative: Sequence[str] | str = (),
-                method: str = "hyprect", alpha: float = 1.0, weight: str = "weight", seed: int = 0,
-                bins: int = 3, layers: int = 3, replace: bool = False, **options) -> ViewResult:
+                method: str | None = None, alpha: float = 1.0, weight: str = "weight", seed: int = 0,
+                bins: int | None = None, layers: int | None = None, replace: bool = False, size: int | None = None,
+                **options) -> ViewResult:
     """Squash ``source`` into a view ``name`` that :func:`duckquash.refresh` can later extend with new rows.
 
     Arguments are those of :func:`duckquash.squash`. Besides the squashed rows (``SELECT * FROM
     name``), the database keeps the per-region integer moments, the binning and the parameters
     (see ``storage.py``): all created in one transaction, so a failure leaves nothing behind.
     """
-    spec = SquashSpec(categorical, quantitative, method, alpha, bins, layers, weight=weight, seed=seed, **options)
+    spec = SquashSpec(categorical, quantitative, method, alpha, bins, layers, weight=weight, seed=seed, size=size,
+                      **options)
     names = ViewNames.of(name)
     if not replace:
         refuse_taken(con, names)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import itertools
+
 import duckdb
 import numpy as np
 import pyarrow as pa
 
-from ..ds.moments import exponents
+from ..ds.moments import exponents, reframe
 from ..ds.plan import SquashPlan, double_sql
 from ..errors import InputError, NotFromMoments
 from ..io.transaction import registered
@@ -20,7 +22,6 @@ from ..model.families import gaussian_llf
 from ..model.formula import build_design
 from ..model.linalg import inverse, scaled_factor, solve
 from ..model.results import GLMResults
-from ..sql.build import key_order
 from ..sql.names import MISS, N_COL, bin_col, moment_col
 from ..sql.quote import comma, ident
 from .storage import ViewNames, read_meta
@@ -68,23 +69,32 @@ def glm_from_moments(con: duckdb.DuckDBPyConnection, name: str | Sequence[str], 
     q = len(quant)
     half = spec.degree // 2
     basis = [(0,) * q] + [e for e in exponents(q, half) if all(e[j] == 0 for j in range(q) if j not in qused)]
-    # regions whose rows are complete in the used variables, summed per combination of the used categoricals
-    complete = []
-    for j in qused:
-        if binning.method == "hyprect":
-            complete.append(f"{bin_col(j)} IS NOT NULL")
-        else:
-            complete.append(f"({MISS} & {1 << j}) = 0")
-    complete += [f"{ident(c)} IS NOT NULL" for c in cats]
+    # regions whose rows are complete in the used variables, their sums in globally standardised units,
+    # summed per combination of the used categoricals
+    complete = [f"{bin_col(j)} IS NOT NULL" if binning.method == "hyprect" else f"({MISS} & {1 << j}) = 0"
+                for j in qused] + [f"{ident(c)} IS NOT NULL" for c in cats]
     need = sorted({tuple(a + b for a, b in zip(e1, e2)) for e1 in basis for e2 in basis} - {(0,) * q})
+    have = set(plan.exps)
+    lower = {k for e in need for k in itertools.product(*(range(p + 1) for p in e)) if any(k)}
+    if not lower <= have:
+        raise NotFromMoments(f"the view {names.label!r} did not sum every moment of degree <= {spec.degree} "
+                             "(too many quantitative columns); fit the squashed rows instead")
     dbl = double_sql(plan, names.q("__moments"), rows=False)
-    sums = comma([f"sum({ident(N_COL)})::DOUBLE AS n"] + [f"sum({ident(moment_col(e))}) AS {ident(moment_col(e))}"
-                                                          for e in need])
-    group = f" GROUP BY {comma(ident(c) for c in cats)} ORDER BY {key_order(cats)}" if cats else ""
     where = " AND ".join(complete) or "TRUE"
-    agg = con.execute(f"SELECT {comma([ident(c) for c in cats] + [sums])} FROM ({dbl}) WHERE {where}{group}").fetchall()
-    if not agg:
+    keys = list(plan.key_columns)
+    regions = con.sql(f"SELECT * FROM ({dbl}) WHERE {where}").to_arrow_table()
+    if regions.num_rows == 0:
         raise InputError(f"no complete rows for {formula!r} in {names.label!r}")
+    mid, half_w = binning.frames(regions.select(keys))
+    shift = (mid - np.array(binning.center)) / np.array(binning.scale)
+    stretch = half_w / np.array(binning.scale)
+    col = lambda c: np.nan_to_num(regions.column(c).to_numpy(zero_copy_only=False).astype(float))  # noqa: E731
+    counts = col(N_COL)
+    glob = reframe({e: col(moment_col(e)) for e in sorted(lower)}, counts, shift, stretch, need)
+    combo_of = _combinations(regions, cats)
+    agg = []
+    for c, (values, members) in enumerate(combo_of):
+        agg.append(list(values) + [float(counts[members].sum())] + [float(glob[e][members].sum()) for e in need])
     # polynomial coefficients of every column, per combination, from probe evaluations
     n_probe = 3 * len(basis) + 8
     zp = _probe_points(q, n_probe)
@@ -140,3 +150,14 @@ def glm_from_moments(con: duckdb.DuckDBPyConnection, name: str | Sequence[str], 
                       df_model=float(k - 1), converged=True, n_iter=0,
                       weight_note=f"answered exactly from the stored moments of view {names.label!r}; "
                                   "no source rows read", n_passes=0)
+
+
+def _combinations(regions: pa.Table, cats: list[str]) -> list[tuple[tuple, np.ndarray]]:
+    """(values of the used categoricals, member regions) for each combination, in key order."""
+    if not cats:
+        return [((), np.arange(regions.num_rows))]
+    groups: dict[tuple, list[int]] = {}
+    for i, values in enumerate(zip(*[regions.column(c).to_pylist() for c in cats])):
+        groups.setdefault(values, []).append(i)
+    order = sorted(groups, key=lambda t: tuple((v is not None, v) for v in t))
+    return [(k, np.array(groups[k])) for k in order]

@@ -84,7 +84,7 @@ def is_view(con: duckdb.DuckDBPyConnection, name: object) -> bool:
 
 def view_plan(con: duckdb.DuckDBPyConnection, name: str | Sequence[str]) -> SquashPlan:
     """The stored plan of a materialised view: emit partition moment SQL with it (``plan.moment_sql``)."""
-    return SquashPlan.from_json(read_meta(con, ViewNames.of(name))["plan"])
+    return SquashPlan.from_json(read_meta(con, ViewNames.of(name))["plan"]).install(con)
 
 
 def source_record(source: object, src: Source) -> dict:

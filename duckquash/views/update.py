@@ -75,7 +75,7 @@ def update_in_place(con: duckdb.DuckDBPyConnection, names: ViewNames, plan: Squa
     reg_old = old.column(REGION).to_numpy()
     starts = np.searchsorted(reg_old, np.unique(reg_old))
     bounds = dict(zip(np.unique(reg_old).tolist(), zip(starts, list(starts[1:]) + [len(reg_old)])))
-    center, scale = np.array(plan.binning.center), np.array(plan.binning.scale)
+    centers, scales = plan.binning.frames(tbl.select(list(moments.key_columns)))  # each region's sum units
     xs = np.column_stack([old.column(c).to_numpy(zero_copy_only=False).astype(float)
                           for c in plan.binning.quantitative]) if q else np.empty((old.num_rows, 0))
     w_all = old.column(plan.spec.weight).to_numpy()
@@ -105,9 +105,10 @@ def update_in_place(con: duckdb.DuckDBPyConnection, names: ViewNames, plan: Squa
             continue
         mz = np.array([s1[j][r] / n[r] for j in act])
         ez = np.array([[s2[(j, k)][r] / n[r] for k in act] for j in act]).reshape(act.size, act.size)
-        cov_new = (ez - np.outer(mz, mz)) * np.outer(scale[act], scale[act])
+        center, scale = centers[r, act], scales[r, act]
+        cov_new = (ez - np.outer(mz, mz)) * np.outer(scale, scale)
         cands.setdefault((b - a, tuple(act)), []).append(
-            (a, b, y, w / w.sum(), n[r], center[act] + scale[act] * mz, cov_new, lo[r][act], hi[r][act]))
+            (a, b, y, w / w.sum(), n[r], center + scale * mz, cov_new, lo[r][act], hi[r][act]))
     keep_rows, new_x, new_w = [], [], []
     for (m, act), items in cands.items():
         act = list(act)
