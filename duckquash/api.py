@@ -111,7 +111,7 @@ def squash(con: duckdb.DuckDBPyConnection, source: object, *, categorical: Seque
                      layers=layers, weight=weight, seed=seed, size=size, **options)
     parts = output_parts(con, into, replace)
     data, report = squash_to_arrow(con, source, spec, progress)
-    return write_result(con, data, report, parts, replace)
+    return write_result(con, data, report, parts, replace, source)
 
 
 def glm(con: duckdb.DuckDBPyConnection, source: Any, formula: str, family: str = "gaussian",

@@ -55,7 +55,7 @@ class Squashed:
 
     def report(self) -> SquashReport:
         return SquashReport(self.plan.spec.as_dict(), self.timings, self.regions, self.moments, self.plan.binning,
-                            self.cpu)
+                            self.cpu, self.plan)
 
 
 class _Clock:

@@ -9,11 +9,15 @@ import time
 import duckdb
 
 from ..api import make_spec, squash_to_arrow
+from ..ds.verify import verify
 from ..errors import DuckquashError
+from ..io.source import resolve
+from ..io.transaction import registered
 from ..io.write import check_file_target, check_table_target, table_name, write_file, write_table
 from ..lds.spec import FAMILIES as LDS_FAMILIES
 from ..lds.spec import INITS, PROFILES
 from ..model.families import FAMILIES
+from ..sql.quote import ident
 from ..version import __version__
 
 
@@ -58,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     sq.add_argument("--refine", action="store_true", help="lds: refine pseudo-points to their clusters' summed profiles")
     sq.add_argument("--replace", action="store_true", help="overwrite an existing output")
     sq.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    sq.add_argument("--verify", action="store_true",
+                    help="recompute every region's count, means and covariances from the input and compare "
+                         "(exit status 3 when they differ)")
     ev = sub.add_parser("evaluate", help="compare model fits on reduced tables with the full-data fit",
                         description="Fit FORMULA on FULL and on every reduced table; print MSE of the standardised "
                                     "coefficient errors and prediction residuals per method. Sources are "
@@ -89,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _squash(args: argparse.Namespace) -> None:
+def _squash(args: argparse.Namespace) -> int:
     if args.method == "lds":
         if args.categorical or args.quantitative:
             raise DuckquashError("--method lds takes its variables from --formula; drop --categorical/--quantitative")
@@ -128,6 +135,20 @@ def _squash(args: argparse.Namespace) -> None:
     if not args.quiet:
         print(f"squashed {args.input} -> {args.output} in {time.perf_counter() - t0:.2f}s", file=sys.stderr)
         print(report.summary(), file=sys.stderr)
+    if args.verify:
+        plan = getattr(report, "plan", None)
+        if plan is None:
+            raise DuckquashError("--verify checks data squashing (adaptive, hyprect, datasphere), not --method lds")
+        src = resolve(con, source)
+        try:
+            with registered(con, data, "verify") as view:
+                check = verify(con, plan, src, ident(view), plan.spec.weight)
+        finally:
+            src.close()
+        print(check.summary(), file=sys.stderr)
+        if not check.ok:
+            return 3
+    return 0
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -201,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "squash":
-            _squash(args)
+            return _squash(args)
         elif args.command == "evaluate":
             _evaluate(args)
         elif args.command == "materialize":
