@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import glob
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -11,9 +10,8 @@ import duckdb
 
 from ..errors import InputError, SourceNotFoundError
 from ..sql.names import temp_name
-from ..sql.quote import ident, literal
+from ..sql.quote import ident, literal, name_parts, qualified
 
-_QUERY = re.compile(r"^\s*(\(|select\b|with\b|from\b|values\b|table\b|pivot\b|unpivot\b)", re.IGNORECASE)
 _PARQUET = (".parquet", ".pq", ".parquet.gz")
 _CSV = (".csv", ".tsv", ".csv.gz", ".tsv.gz", ".csv.zst", ".txt")
 
@@ -78,41 +76,69 @@ def table_exists(con: duckdb.DuckDBPyConnection, parts: list[str] | tuple[str, .
     return con.execute(q).fetchall()[0][0] > 0
 
 
+def _relation(con: duckdb.DuckDBPyConnection, rel: duckdb.DuckDBPyRelation) -> Source:
+    """A relation as a temporary view; refused when it belongs to another connection (whose views
+    ``con`` cannot see), leaving nothing behind there."""
+    view = temp_name("src")
+    rel.create_view(view, replace=False)
+    if not table_exists(con, [view]):
+        rel.query(temp_name("drop"), f"DROP VIEW IF EXISTS {ident(view)}")
+        raise InputError("the relation belongs to another DuckDB connection; pass a relation made on this "
+                         "connection (or a table name, file or query)")
+    src = Source(ident(view), {}, "relation")
+    src._cleanup.append(lambda: con.execute(f"DROP VIEW IF EXISTS {ident(view)}"))
+    try:
+        src.columns = _describe(con, src.sql)
+    except Exception:
+        src.close()
+        raise
+    return src
+
+
+def _one_select(con: duckdb.DuckDBPyConnection, text: str) -> str | None:
+    """The text of ``text`` as one read-only SELECT (comments and a final ``;`` allowed), or None if
+    it does not parse; an error naming the problem if it parses as anything else."""
+    try:
+        statements = con.extract_statements(text)
+    except duckdb.ParserException:
+        return None
+    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+        kinds = ", ".join(str(s.type).rsplit(".", 1)[-1] for s in statements) or "nothing"
+        raise InputError(f"a query source must be exactly one read-only SELECT statement; this text holds "
+                         f"{len(statements)} statement(s) ({kinds}), so none of it was run")
+    return statements[0].query.strip().rstrip(";")
+
+
 def resolve(con: duckdb.DuckDBPyConnection, source: object) -> Source:
-    """Turn a table/view name, file path or glob, SELECT text or relation into a :class:`Source`."""
+    """Turn a source into a :class:`Source`: a table or view name (parsed as SQL reads names, see
+    :func:`duckquash.sql.quote.name_parts`), a Parquet/CSV path or glob, exactly one read-only SELECT
+    (checked with DuckDB's own parser; nothing else is ever run), a FROM item such as
+    ``read_parquet('parts/*.parquet')``, or a relation of this connection."""
     if isinstance(source, duckdb.DuckDBPyRelation):
-        view = temp_name("src")
-        source.create_view(view, replace=False)
-        src = Source(ident(view), {}, "relation")
-        src._cleanup.append(lambda: con.execute(f"DROP VIEW IF EXISTS {ident(view)}"))
-        try:
-            src.columns = _describe(con, src.sql)
-        except Exception:
-            src.close()
-            raise
-        return src
+        return _relation(con, source)
     if isinstance(source, os.PathLike):
         source = os.fspath(source)
     if not isinstance(source, str) or not source.strip():
-        raise InputError(f"source must be a table name, file path, SELECT statement or relation, got {source!r}")
-    if _QUERY.match(source):
-        sql = f"({source.strip().rstrip(';')})"
-        label = "query"
+        raise InputError("source must be a table name, file path, SELECT statement or relation, "
+                         f"got {type(source).__name__}" + (" (empty)" if isinstance(source, str) else ""))
+    parts = name_parts(source.strip())
+    file_sql = _file_sql(source)
+    if table_exists(con, parts):
+        sql, label = qualified(parts), f"table {source!r}"
+    elif file_sql is not None:
+        if not glob.has_magic(source) and not os.path.exists(source):
+            raise SourceNotFoundError(f"source file {source!r} does not exist")
+        if glob.has_magic(source) and not glob.glob(source):
+            raise SourceNotFoundError(f"no file matches the source pattern {source!r}")
+        sql, label = file_sql, f"file {source!r}"
+    elif (query := _one_select(con, source)) is not None:
+        sql, label = f"(\n{query}\n)", "query"
+    elif "(" in source and ";" not in source and _one_select(con, f"SELECT * FROM {source}\n") is not None:
+        sql, label = f"(SELECT * FROM {source}\n)", f"FROM item {source!r}"
     else:
-        file_sql = _file_sql(source)
-        if file_sql is not None:
-            if not glob.has_magic(source) and not os.path.exists(source):
-                raise SourceNotFoundError(f"source file {source!r} does not exist")
-            if glob.has_magic(source) and not glob.glob(source):
-                raise SourceNotFoundError(f"no file matches the source pattern {source!r}")
-            sql, label = file_sql, f"file {source!r}"
-        elif table_exists(con, [source]):
-            sql, label = ident(source), f"table {source!r}"
-        elif "." in source and table_exists(con, source.split(".")):
-            sql, label = ".".join(ident(p) for p in source.split(".")), f"table {source!r}"
-        else:
-            raise SourceNotFoundError(
-                f"source {source!r} is not a table or view on this connection, nor a .parquet/.csv file")
+        raise SourceNotFoundError(
+            f"source {source!r} is not a table or view on this connection, a .parquet/.csv file, nor one "
+            "valid SELECT statement")
     try:
         columns = _describe(con, sql)
     except duckdb.Error as e:

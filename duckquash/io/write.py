@@ -10,17 +10,26 @@ import pyarrow as pa
 
 from ..errors import InputError, OutputExistsError
 from .source import table_exists
-from ..sql.names import temp_name
-from ..sql.quote import literal, qualified
+from ..sql.names import PREFIX, temp_name
+from ..sql.quote import literal, name_parts, qualified
 
 FILE_FORMATS = {".parquet": "PARQUET", ".pq": "PARQUET", ".csv": "CSV"}
 
 
 def table_name(into: str | Sequence[str]) -> tuple[str, ...]:
-    """An output name as its parts: a str is one table name (dots and all); a tuple is qualified."""
-    parts = (into,) if isinstance(into, str) else tuple(into)
+    """An output name as its parts: a str is read as SQL reads a name (``s.t`` is table t of schema s,
+    ``"s.t"`` one name with a dot; see :func:`duckquash.sql.quote.name_parts`); a tuple gives the parts."""
+    if isinstance(into, str):
+        parts = name_parts(into.strip()) if into.strip() else ()
+    elif isinstance(into, (tuple, list)):
+        parts = tuple(into)
+    else:
+        raise InputError(f"into must be a table name (str) or a tuple of name parts, got {type(into).__name__}")
     if not parts or not all(isinstance(p, str) and p for p in parts) or len(parts) > 3:
         raise InputError(f"output table must be a name or (schema, name) tuple, got {into!r}")
+    reserved = [p for p in parts if p.startswith(PREFIX)]
+    if reserved:
+        raise InputError(f"output name {'.'.join(parts)!r} uses the prefix {PREFIX!r}, reserved for duckquash")
     return parts
 
 

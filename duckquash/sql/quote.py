@@ -6,6 +6,7 @@ Every name or value that reaches a generated query goes through :func:`ident` or
 from __future__ import annotations
 
 import math
+import re
 from typing import Iterable, Sequence
 
 
@@ -49,3 +50,41 @@ def literal(value: object) -> str:
 def comma(items: Iterable[str]) -> str:
     """Join SQL fragments with commas."""
     return ", ".join(items)
+
+
+_BARE = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
+
+
+def name_parts(text: str) -> tuple[str, ...]:
+    """A table name as SQL reads it, as its parts: ``s.t`` is table t of schema s, ``"s.t"`` (double
+    quotes, ``""`` for a quote) one name with a dot, ``c.s.t`` also names the catalog. Text that is
+    not such a name (``my table``, ``x-1``) is one name, taken literally."""
+    parts, i, n = [], 0, len(text)
+    while i <= n:
+        if i < n and text[i] == '"':
+            j, buf = i + 1, []
+            while j < n:
+                if text[j] == '"':
+                    if j + 1 < n and text[j + 1] == '"':
+                        buf.append('"')
+                        j += 2
+                        continue
+                    break
+                buf.append(text[j])
+                j += 1
+            if j >= n:
+                return (text,)  # an unterminated quote: not a SQL name
+            parts.append("".join(buf))
+            i = j + 1
+        else:
+            m = _BARE.match(text, i)
+            if not m:
+                return (text,)
+            parts.append(m.group(0))
+            i = m.end()
+        if i == n:
+            break
+        if text[i] != "." or i + 1 == n:
+            return (text,)
+        i += 1
+    return tuple(parts) if parts and len(parts) <= 3 else (text,)
