@@ -109,7 +109,7 @@ def squash(con: duckdb.DuckDBPyConnection, source: object, *, categorical: Seque
     """
     spec = make_spec(method, categorical=categorical, quantitative=quantitative, alpha=alpha, bins=bins,
                      layers=layers, weight=weight, seed=seed, size=size, **options)
-    parts = output_parts(con, into, replace)
+    parts = output_parts(con, into, replace, source)
     data, report = squash_to_arrow(con, source, spec, progress)
     return write_result(con, data, report, parts, replace, source)
 

@@ -49,10 +49,11 @@ import pyarrow as pa
 from ..errors import InputError
 from ..io.source import Source, resolve
 from ..io.transaction import registered
-from ..io.write import check_table_target, table_name, write_table
+from ..io.write import check_table_target, refuse_replacing_source, table_name, write_table
 from ..model.formula import build_design
 from ..model.irls import fit_design
 from ..sql.build import linear_predictor
+from ..sql.names import PREFIX
 from ..sql.quote import comma, ident, literal, qualified
 
 METHODS = ("uniform", "osmac")
@@ -248,6 +249,8 @@ def sample(con: duckdb.DuckDBPyConnection, source: object, n: int, method: str =
     seed = _int(seed, "seed", 0)
     if not isinstance(weight, str) or not weight:
         raise InputError(f"weight must be a non-empty column name, got {weight!r}")
+    if weight.startswith(PREFIX):
+        raise InputError(f"the weight column name {weight!r} uses the prefix {PREFIX!r}, reserved for duckquash")
     if m == "osmac":
         if not isinstance(formula, str) or "~" not in formula:
             raise InputError("method='osmac' needs a formula with a response, e.g. formula='y ~ x1 + x2'")
@@ -256,6 +259,7 @@ def sample(con: duckdb.DuckDBPyConnection, source: object, n: int, method: str =
                              f"got {family!r}")
     parts = table_name(into if into is not None else f"sample_{uuid.uuid4().hex[:8]}")
     check_table_target(con, parts, replace)
+    refuse_replacing_source(con, source, parts)
     src = resolve(con, source)
     try:
         if weight in src.columns:

@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from ..errors import InputError
 from ..io.source import resolve
-from ..io.write import check_table_target, table_name, write_table
+from ..io.write import check_table_target, refuse_replacing_source, table_name, write_table
 from ..sql.quote import qualified
 from .binning import Binning
 from .moments import MomentTable
@@ -115,10 +115,12 @@ class SquashResult:
         return f"squashed into {self.table!r}\n" + self.report.summary()
 
 
-def output_parts(con: duckdb.DuckDBPyConnection, into, replace: bool) -> tuple[str, ...]:
-    """The output table's name parts (default: a fresh ``squashed_<hex>``), refused early if taken."""
+def output_parts(con: duckdb.DuckDBPyConnection, into, replace: bool, source: object = None) -> tuple[str, ...]:
+    """The output table's name parts (default: a fresh ``squashed_<hex>``), refused early if taken or
+    if it is the input itself."""
     parts = table_name(into if into is not None else f"squashed_{uuid.uuid4().hex[:8]}")
     check_table_target(con, parts, replace)
+    refuse_replacing_source(con, source, parts)
     return parts
 
 

@@ -83,6 +83,8 @@ class SquashSpec:
             raise InputError(f"seed must be an integer, got {self.seed!r}")
         if not isinstance(self.weight, str) or not self.weight:
             raise InputError(f"weight must be a non-empty column name, got {self.weight!r}")
+        if self.weight.startswith(PREFIX):
+            raise InputError(f"the weight column name {self.weight!r} uses the prefix {PREFIX!r}, reserved for duckquash")
         if self.weight in self.categorical or self.weight in self.quantitative:
             raise InputError(f"the weight column name {self.weight!r} is also an input column; pick another")
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import sys
 import time
@@ -13,7 +14,8 @@ from ..ds.verify import verify
 from ..errors import DuckquashError
 from ..io.source import resolve
 from ..io.transaction import registered
-from ..io.write import check_file_target, check_table_target, table_name, write_file, write_table
+from ..io.write import (check_file_target, check_table_target, refuse_replacing_source, table_name, write_file,
+                        write_table)
 from ..lds.spec import FAMILIES as LDS_FAMILIES
 from ..lds.spec import INITS, PROFILES
 from ..model.families import FAMILIES
@@ -119,11 +121,17 @@ def _squash(args: argparse.Namespace) -> int:
         source = args.input
     # check the output before the expensive passes; the writers check again when writing
     if db_out is None:
+        same_file = db_in is None and not glob.has_magic(args.input) and \
+            os.path.abspath(args.input) == os.path.abspath(args.output)
+        if same_file:
+            raise DuckquashError(f"the output {args.output!r} is the input file itself; write the result elsewhere")
         check_file_target(args.output, args.replace)
     else:
         out_con = con if same_db else duckdb.connect(db_out[0])
         parts = table_name(db_out[1])
         check_table_target(out_con, parts, args.replace)
+        if same_db:
+            refuse_replacing_source(con, source, parts)
     t0 = time.perf_counter()
     data, report = squash_to_arrow(con, source, spec, show_progress=not args.quiet)
     t1 = time.perf_counter()

@@ -17,6 +17,23 @@ from ..sql.names import temp_name
 from ..sql.quote import ident
 
 
+def in_transaction(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether ``con`` holds an explicit open transaction (BEGIN without COMMIT/ROLLBACK yet).
+
+    Outside one every statement runs in its own transaction, so two statements see two ids.
+    """
+    ids = [con.execute("SELECT txid_current()").fetchall()[0][0] for _ in range(2)]
+    return ids[0] == ids[1]
+
+
+def refuse_open_transaction(con: duckdb.DuckDBPyConnection, what: str) -> None:
+    """Refuse, before touching anything, to run ``what`` (which commits its own transaction) inside the
+    caller's open transaction: its uncommitted rows would be lost or committed behind its back."""
+    if in_transaction(con):
+        raise InputError(f"{what} runs and commits its own transaction; commit or roll back the open "
+                         "transaction on this connection first (nothing was changed)")
+
+
 class Transaction:
     """BEGIN ... COMMIT on ``con``, ROLLBACK on any error (so a failed change leaves nothing)."""
 

@@ -33,6 +33,26 @@ def table_name(into: str | Sequence[str]) -> tuple[str, ...]:
     return parts
 
 
+def _identity(con: duckdb.DuckDBPyConnection, parts: tuple[str, ...]) -> tuple[str, str, str] | None:
+    rows = con.execute(
+        "SELECT table_catalog, table_schema, table_name FROM information_schema.tables WHERE table_name = ? "
+        "AND (? IS NULL OR table_schema = ?) AND (? IS NULL OR table_catalog = ?) "
+        "ORDER BY (table_catalog = current_database()) DESC, (table_schema = current_schema()) DESC LIMIT 1",
+        [parts[-1], *([parts[-2]] * 2 if len(parts) >= 2 else [None, None]),
+         *([parts[-3]] * 2 if len(parts) >= 3 else [None, None])]).fetchall()
+    return tuple(rows[0]) if rows else None
+
+
+def refuse_replacing_source(con: duckdb.DuckDBPyConnection, source: object, parts: tuple[str, ...]) -> None:
+    """Refuse ``replace=True`` onto the very table being read (the input would become its own squash)."""
+    if not isinstance(source, str):
+        return
+    target = _identity(con, parts)
+    if target is not None and target == _identity(con, name_parts(source.strip())):
+        raise InputError(f"the output {'.'.join(parts)!r} is the input table itself; write the result elsewhere "
+                         "(replace=True would overwrite the rows being squashed)")
+
+
 def check_table_target(con: duckdb.DuckDBPyConnection, parts: tuple[str, ...], replace: bool) -> None:
     if not replace and table_exists(con, parts, current=True):
         raise OutputExistsError(f"output table {'.'.join(parts)!r} already exists; pass replace=True to overwrite it")

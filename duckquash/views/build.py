@@ -12,7 +12,7 @@ from ..ds import pipeline
 from ..ds.plan import SquashPlan
 from ..ds.spec import SquashSpec
 from ..io.source import Source, resolve
-from ..io.transaction import Transaction, drop_temp, registered
+from ..io.transaction import Transaction, refuse_open_transaction, drop_temp, registered
 from ..sql.build import key_order
 from ..sql.names import REGION
 from ..sql.quote import comma, ident, qualified
@@ -87,6 +87,7 @@ def materialize(con: duckdb.DuckDBPyConnection, name: str | Sequence[str], sourc
     spec = SquashSpec(categorical, quantitative, method, alpha, bins, layers, weight=weight, seed=seed, size=size,
                       **options)
     names = ViewNames.of(name)
+    refuse_open_transaction(con, "materialize()")
     if not replace:
         refuse_taken(con, names)
     src = resolve(con, source)

@@ -18,7 +18,7 @@ from ..ds.binning import sample_sql
 from ..ds.plan import SquashPlan, overflow_columns
 from ..errors import InputError
 from ..io.source import Source, resolve
-from ..io.transaction import Transaction, create_temp, drop_temp, registered
+from ..io.transaction import Transaction, refuse_open_transaction, create_temp, drop_temp, registered
 from ..sql.build import key_match, key_order
 from ..sql.names import N_COL, OLD_REGION, REGION
 from ..sql.quote import comma, ident
@@ -100,6 +100,7 @@ def refresh(con: duckdb.DuckDBPyConnection, name: str | Sequence[str], new_rows:
     keep their points byte for byte. Everything is written in one transaction.
     """
     names = ViewNames.of(name)
+    refuse_open_transaction(con, "refresh()")
     meta = read_meta(con, names)
     plan = SquashPlan.from_json(meta["plan"])
     version = int(meta["version"])
