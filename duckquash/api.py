@@ -24,7 +24,7 @@ from .model.results import COV_TYPES, GLMResults
 from .views.from_moments import glm_from_moments
 from .views.storage import is_view
 
-DS_OPTIONS = ("degree", "exact_covariance", "sample_size", "restarts", "max_iter")
+DS_OPTIONS = ("degree", "exact_covariance", "sample_size", "max_iter")
 
 
 def make_spec(method: str | None = None, *, categorical: Sequence[str] | str = (), quantitative: Sequence[str] | str = (),
@@ -51,7 +51,8 @@ def squash_to_arrow(con: duckdb.DuckDBPyConnection, source: object, spec: Squash
     src = resolve(con, source)
     try:
         src.check_columns(spec.columns, spec.quantitative)
-        out, _ = pipeline.run(con, spec, source=src, widen=False, check_shrink=True, show_progress=show_progress)
+        out, _ = pipeline.run(con, spec, source=src, reusable=False, check_shrink=True,
+                              show_progress=show_progress)
     finally:
         src.close()
     return out.points, out.report()
@@ -100,7 +101,7 @@ def squash(con: duckdb.DuckDBPyConnection, source: object, *, categorical: Seque
     progress : bool
         Show a progress bar on stderr for the SQL passes.
     **options
-        Advanced: ``degree`` (2-4), ``exact_covariance``, ``sample_size``, ``restarts``, ``max_iter``.
+        Advanced: ``degree`` (2-4), ``exact_covariance``, ``sample_size``, ``max_iter`` (solver iterations).
 
     Returns
     -------

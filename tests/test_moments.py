@@ -21,7 +21,7 @@ def test_exponent_count_and_order():
 def test_sql_moments_match_numpy(small, small_df):
     spec = SquashSpec(("a1",), ("x1", "x4"), "hyprect", 1.0, bins=2)
     src = resolve(small, "small")
-    plan, _ = plan_from_source(small, src, spec, widen=False)
+    plan, _ = plan_from_source(small, src, spec, reusable=False)
     binning = plan.binning
     mt = pipeline.read_moments(small, plan, f"({plan.moment_sql(src.sql)})", rows=False)
     tbl = mt.table.to_pandas()
@@ -43,7 +43,7 @@ def test_small_region_rows_match_in_pass_top_k(small):
     """The second pass for small regions returns exactly the rows the in-pass top-k list gave."""
     spec = SquashSpec(("a1", "a2"), ("x1", "x2", "x3", "x4", "x5"), "hyprect", 1.0, bins=3)
     src = resolve(small, "small")
-    plan, _ = plan_from_source(small, src, spec, widen=False)
+    plan, _ = plan_from_source(small, src, spec, reusable=False)
     plan = dataclasses.replace(plan, fetch_rows=12)
     keys = ", ".join(f'"{k}"' for k in plan.key_columns)
     v = ", ".join(value_col(j) for j in range(5))

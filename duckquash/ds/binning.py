@@ -27,7 +27,7 @@ from ..io.source import Source
 from ..sql.build import case_bins, key_match
 from ..sql.names import LAYER, LEAF, MISS, PYR, PYR2, ROOT_COL, bin_col
 from ..sql.quote import comma, ident, literal
-from .forest import MAX_LEAVES_PER_CELL, Forest, grow
+from .forest import DOUBLE_HEADROOM, MAX_LEAVES_PER_CELL, Forest, grow, sample_moments, units
 from .spec import SquashSpec
 
 FLOAT_TYPES = ("FLOAT", "DOUBLE", "REAL")
@@ -37,11 +37,13 @@ FLOAT_TYPES = ("FLOAT", "DOUBLE", "REAL")
 class Binning:
     """Everything needed to put a row in its region again later (stored by materialised views).
 
-    Power sums are of each row's values standardised by its region's *box* (HypRect bins and
-    adaptive leaves: the region's bounds per column, the outer ones closed by the table's
-    extent), ``z = (x - mid) / half``, so every term is O(1) whatever the column's magnitude;
-    Data Spheres use the global ``(x - center) / scale`` (their keys are radii in those units).
-    :meth:`frames` gives each region's (mid, half) to read the sums back.
+    Power sums are of each row's values in its region's own units (HypRect bins and adaptive
+    leaves): ``z = (x - c) / s`` with c, s the mean and sd of the region's sampled rows, s raised
+    so that no value in the region's box (its bounds per column, the outer ones closed by the
+    table's extent) is more than a headroom away (``forest.units``). Terms stay bounded whatever
+    the column's magnitude, and narrow regions lose nothing to cancellation. Data Spheres use
+    the global ``(x - center) / scale`` (their keys are radii in those units). :meth:`frames`
+    gives each region's (c, s) to read the sums back.
     """
 
     method: str
@@ -54,7 +56,9 @@ class Binning:
     split_outer: bool  # Data Spheres: split the outermost layer by the second-largest coordinate
     box_lo: tuple[float | None, ...] = ()  # the table's extent when binned: the outer boxes' bounds
     box_hi: tuple[float | None, ...] = ()
-    forest: Forest | None = None  # adaptive: the cells' trees
+    forest: Forest | None = None  # adaptive: the cells' trees (with each node's units)
+    bin_center: tuple[tuple[float, ...], ...] = ()  # HypRect: each bin's units, per column (see forest.units)
+    bin_scale: tuple[tuple[float, ...], ...] = ()
 
     def value_sql(self, j: int) -> str:
         """The j-th quantitative column as DOUBLE, NaN mapped to NULL."""
@@ -119,6 +123,12 @@ class Binning:
     def _node_boxes(self) -> tuple[np.ndarray, np.ndarray]:
         return np.array(self.forest.lo, dtype=float), np.array(self.forest.hi, dtype=float)
 
+    def _bin_units(self, j: int) -> tuple[np.ndarray, np.ndarray]:
+        return np.array(self.bin_center[j], dtype=float), np.array(self.bin_scale[j], dtype=float)
+
+    def _node_units(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.array(self.forest.center, dtype=float), np.array(self.forest.scale, dtype=float)
+
     def frames(self, keys: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         """(mid, half) per region (rows of ``keys``, the key columns) and column: the units of its sums."""
         q, r = len(self.quantitative), keys.num_rows
@@ -127,15 +137,15 @@ class Binning:
         mid, half = np.zeros((r, q)), np.ones((r, q))
         if self.method == "hyprect":
             for j in range(q):
-                lo, hi = self._bin_boxes(j)
+                c, u = self._bin_units(j)
                 b = keys.column(bin_col(j)).to_numpy(zero_copy_only=False)
                 ok = ~np.isnan(b.astype(float))
                 k = np.where(ok, b, 0).astype(np.int64)
-                mid[ok, j], half[ok, j] = ((lo + hi) / 2)[k[ok]], _half(lo, hi)[k[ok]]
+                mid[ok, j], half[ok, j] = c[k[ok]], u[k[ok]]
             return mid, half
-        lo, hi = self._node_boxes()
+        c, u = self._node_units()
         leaf = keys.column(LEAF).to_numpy(zero_copy_only=False).astype(np.int64)
-        return ((lo + hi) / 2)[leaf], _half(lo, hi)[leaf]
+        return c[leaf], u[leaf]
 
     def local_z_sql(self, j: int, v: str, g: str) -> str:
         """The power-sum units of value ``v`` (global z ``g``): its box's (x - mid) / half."""
@@ -143,8 +153,7 @@ class Binning:
             return g
         if self.method == "adaptive":
             return f"(({v} - {NODE_MID}{j}[{LEAF} + 1]) / {NODE_HALF}{j}[{LEAF} + 1])"
-        lo, hi = self._bin_boxes(j)
-        mids, halves = (lo + hi) / 2, _half(lo, hi)
+        mids, halves = self._bin_units(j)
         b = bin_col(j)
         if len(mids) == 1:
             return f"(({v} - {literal(float(mids[0]))}) / {literal(float(halves[0]))})"
@@ -164,13 +173,15 @@ class Binning:
                 continue
             if self.method == "hyprect":
                 blo, bhi = self._bin_boxes(j)
+                mid, half = self._bin_units(j)
             else:
                 nlo, nhi = self._node_boxes()
                 blo, bhi = nlo[:, j], nhi[:, j]
+                c, u = self._node_units()
+                mid, half = c[:, j], u[:, j]
             # a value beyond the extent falls in the outer boxes (open bins, or the tree's outer leaves)
             reach_lo = np.where(blo <= self.box_lo[j], min(lo[j], self.box_lo[j]), blo)
             reach_hi = np.where(bhi >= self.box_hi[j], max(hi[j], self.box_hi[j]), bhi)
-            mid, half = (blo + bhi) / 2, _half(blo, bhi)
             out.append(float(np.max(np.maximum(np.abs(reach_lo - mid), np.abs(reach_hi - mid)) / half, initial=1.0)))
         return out
 
@@ -181,19 +192,19 @@ class Binning:
         if self.method != "adaptive" or self.forest is None:
             return {}
         f, q = self.forest, len(self.quantitative)
-        lo, hi = self._node_boxes()
+        c, u = self._node_units()
         cols = {f"{NODE}dim": [[max(d, 0) + 1 for d in f.dim]], f"{NODE}first": [list(f.first)],
                 f"{NODE}thr": [list(f.thr)]}
         for j in range(q):
-            cols[f"{NODE_MID}{j}"] = [((lo[:, j] + hi[:, j]) / 2).tolist()]
-            cols[f"{NODE_HALF}{j}"] = [_half(lo[:, j], hi[:, j]).tolist()]
+            cols[f"{NODE_MID}{j}"] = [c[:, j].tolist()]
+            cols[f"{NODE_HALF}{j}"] = [u[:, j].tolist()]
         cells_name, nodes_name = self.aux_names()
         return {cells_name: f.cell_table(), nodes_name: pa.table(cols)}
 
     def aux_names(self) -> tuple[str, str]:
         """Names of the cells and nodes tables: fixed by the trees' content, so any session can rebuild them."""
         f = self.forest
-        content = json.dumps([f.dim, f.thr, f.first, f.lo, f.hi]).encode() + f.cells
+        content = json.dumps([f.dim, f.thr, f.first, f.lo, f.hi, f.center, f.scale]).encode() + f.cells
         digest = hashlib.sha1(content).hexdigest()[:16]
         return f"__dq_cells_{digest}", f"__dq_nodes_{digest}"
 
@@ -323,10 +334,11 @@ ROWS_PER_LEAF = 30  # adaptive default: about 30 (q + 1) rows per region (measur
 MIN_LEAF_ROWS = 5  # a split keeps at least 5 (q + 1) rows (estimated) on each side
 
 
-def fit_binning(con: duckdb.DuckDBPyConnection, src: Source,
-                spec: SquashSpec) -> tuple[Binning, Extent, pa.Table, float]:
+def fit_binning(con: duckdb.DuckDBPyConnection, src: Source, spec: SquashSpec,
+                headroom: float = DOUBLE_HEADROOM) -> tuple[Binning, Extent, pa.Table, float]:
     """Run the two cheap passes; return the binning, the global extent, the sample rows and the alpha
-    to use (``spec.alpha``, or the one that lands near ``spec.size`` points)."""
+    to use (``spec.alpha``, or the one that lands near ``spec.size`` points). ``headroom``: the
+    largest |z| a region's units allow (``forest.units``; small for fixed-point sums)."""
     q = spec.quantitative
     floats = [src.columns[c].upper().split("(")[0] in FLOAT_TYPES for c in q]
     extent = _extent(con, src, spec, floats)
@@ -364,14 +376,36 @@ def fit_binning(con: duckdb.DuckDBPyConnection, src: Source,
             layer_edges = tuple(float(v) for v in qs[qs > r.min()])
     binning = Binning(spec.method, q, tuple(floats), tuple(center), tuple(scale), tuple(edges), layer_edges, True,
                       tuple(extent.minimum), tuple(extent.maximum))
+    if spec.method == "hyprect":
+        binning = replace(binning, **_bin_units(binning, sample, headroom))
     alpha = spec.alpha
     if spec.method == "adaptive" or spec.size is not None:
-        binning, alpha = _fit_regions(binning, extent, spec, sample_rows, sample)
+        binning, alpha = _fit_regions(binning, extent, spec, sample_rows, sample, headroom)
     return binning, extent, sample_rows, alpha
 
 
+def _bin_units(binning: Binning, x: np.ndarray, headroom: float) -> dict:
+    """Each HypRect bin's units from the sampled values in it (``forest.units``)."""
+    centers, scales = [], []
+    for j in range(len(binning.quantitative)):
+        lo, hi = binning._bin_boxes(j)
+        col = x[:, j]
+        col = col[~np.isnan(col)]
+        k = np.searchsorted(np.array(binning.edges[j], dtype=float), col, side="right")
+        cs, ss = [], []
+        for b in range(len(lo)):
+            v = col[k == b]
+            mean, sd = sample_moments(v[:, None])
+            c, u = units(mean, sd, lo[b:b + 1], hi[b:b + 1], len(v), headroom)
+            cs.append(float(c[0]))
+            ss.append(float(u[0]))
+        centers.append(tuple(cs))
+        scales.append(tuple(ss))
+    return {"bin_center": tuple(centers), "bin_scale": tuple(scales)}
+
+
 def _fit_regions(binning: Binning, extent: Extent, spec: SquashSpec, rows: pa.Table,
-                 x: np.ndarray) -> tuple[Binning, float]:
+                 x: np.ndarray, headroom: float) -> tuple[Binning, float]:
     """Adaptive trees (their leaf budget from the default rows per leaf, or searched so that the
     predicted number of points lands on ``spec.size``), and the alpha to use."""
     q, n = len(spec.quantitative), extent.n_rows
@@ -414,7 +448,7 @@ def _fit_regions(binning: Binning, extent: Extent, spec: SquashSpec, rows: pa.Ta
         rows_per_leaf, alpha = _search_size(predicted, spec, n, cells.num_rows + len(incomplete),
                                             growth is not None)
     if growth is not None:
-        binning = replace(binning, forest=growth.build(wants(rows_per_leaf)))
+        binning = replace(binning, forest=growth.build(wants(rows_per_leaf), headroom))
     return binning, alpha
 
 

@@ -46,6 +46,8 @@ class Forest:
     hi: tuple[tuple[float, ...], ...]
     depth: int  # levels of the deepest leaf (descent steps)
     cells: bytes  # Arrow IPC stream: the categorical columns of every cell with a tree, and ROOT_COL
+    center: tuple[tuple[float, ...], ...] = ()  # each node's units: z = (x - center) / scale (see units)
+    scale: tuple[tuple[float, ...], ...] = ()
 
     @property
     def n_nodes(self) -> int:
@@ -56,6 +58,26 @@ class Forest:
 
     def leaves(self) -> np.ndarray:
         return np.flatnonzero(np.array(self.dim) < 0)
+
+
+EXACT_HEADROOM = 32.0  # reusable plans: |z| <= 32 in a region's own box, so fixed-point sums keep >= 2^-39
+DOUBLE_HEADROOM = 1e50  # one-shot plans (DOUBLE sums): only overflow to rule out (z^4 <= 1e200)
+
+
+def units(mean: np.ndarray, sd: np.ndarray, lo: np.ndarray, hi: np.ndarray, count: int,
+          headroom: float) -> tuple[np.ndarray, np.ndarray]:
+    """A region's units for its power sums, per column: centred on its sampled rows' mean and scaled by
+    their sd (so E[z z'] - mean mean' loses nothing to cancellation however narrow the region is
+    against its box), the scale raised so no value of the box exceeds ``headroom`` units. Without
+    two sampled rows (or with no spread among them): the box's middle and half-width."""
+    mid, half = (lo + hi) / 2, (hi - lo) / 2
+    half = np.where(half > 0, half, 1.0)
+    ok = np.isfinite(mean) & np.isfinite(sd) & (sd > 0) & (count >= 2)
+    c = np.where(ok, np.clip(np.nan_to_num(mean), lo, hi), mid)
+    reach = np.maximum(np.abs(lo - c), np.abs(hi - c))
+    s = np.where(ok, np.maximum(np.nan_to_num(sd, nan=1.0), reach / headroom), half)
+    s = np.where(s > 0, s, 1.0)
+    return np.where(np.isfinite(c), c, 0.0), np.where(np.isfinite(s), s, 1.0)
 
 
 def _ipc(table: pa.Table) -> bytes:
@@ -73,7 +95,7 @@ def _split(x: np.ndarray, box_lo: np.ndarray, box_hi: np.ndarray, scale: np.ndar
     """
     if len(x) < 2 * min_count:
         return None
-    spread = x.std(axis=0) / scale
+    spread = sample_moments(x)[1] / scale
     for j in np.argsort(-spread, kind="stable"):
         if not spread[j] > 0:
             break
@@ -108,7 +130,7 @@ class Growth:
 
     cells: pa.Table  # cells with a tree (>= 2 complete sample rows)
     kept: np.ndarray  # their indices among all the sample's cells
-    nodes: list[list[tuple]]  # per cell: (parent, dim, thr, sample rows, varying columns) in creation order
+    nodes: list[list[tuple]]  # per cell: (parent, dim, thr, sample rows, varying columns, sample mean, sample sd)
     splits: list[list[int]]  # per cell: the node split at each step (its children are created then)
     lo: np.ndarray  # the table's extent (the root box)
     hi: np.ndarray
@@ -124,10 +146,14 @@ class Growth:
     def cell_rows(self, c: int) -> float:
         return self.nodes[c][0][3] * self.rows_per_sample_row
 
-    def build(self, wants: Sequence[int]) -> Forest:
-        """The forest whose cell c has ``wants[c]`` leaves (fewer where it could not be split further)."""
+    def build(self, wants: Sequence[int], headroom: float) -> Forest:
+        """The forest whose cell c has ``wants[c]`` leaves (fewer where it could not be split further).
+
+        Every node's units (see :func:`units`) come from its sampled rows; ``headroom`` bounds |z|.
+        """
         q = len(self.lo)
         dim, thr, first, los, his = [-1], [math.inf], [0], [tuple(self.lo)], [tuple(self.hi)]
+        cen, sca = [], []
         roots, depth = [], 0
         for c, want in enumerate(wants):
             k = max(0, min(want, len(self.splits[c]) + 1) - 1)
@@ -136,7 +162,8 @@ class Growth:
             roots.append(base)
             level = [0] * len(nodes)
             boxes = [(list(self.lo), list(self.hi))] + [None] * (len(nodes) - 1)
-            for i, (parent, j, t, _, _) in enumerate(nodes):
+            stats = [(nd[5], nd[6], nd[3]) for nd in nodes]
+            for i, (parent, j, t, *_rest) in enumerate(nodes):
                 dim.append(-1), thr.append(math.inf), first.append(base + i)
                 if i == 0:
                     continue
@@ -153,12 +180,18 @@ class Growth:
                     dim[base + parent], thr[base + parent], first[base + parent] = j, t, base + i
             los += [tuple(b[0]) for b in boxes]
             his += [tuple(b[1]) for b in boxes]
+            for (blo, bhi), (mu, sd, count) in zip(boxes, stats):
+                c, u = units(mu, sd, np.array(blo), np.array(bhi), count, headroom)
+                cen.append(tuple(c))
+                sca.append(tuple(u))
+        c0, s0 = units(np.full(q, np.nan), np.full(q, np.nan), np.array(self.lo), np.array(self.hi), 0, headroom)
+        cen, sca = [tuple(c0)] + cen, [tuple(s0)] + sca
         table = self.cells.append_column(ROOT_COL, pa.array(roots, pa.int64()))
-        assert len(los) == len(dim) and q == len(self.hi)
+        assert len(los) == len(dim) == len(cen) and q == len(self.hi)
         plain = lambda rows: tuple(tuple(float(v) for v in r) for r in rows)  # noqa: E731 - no numpy scalars:
         # the plan's JSON, equality and the aux tables' content hash must not depend on them
         return Forest(tuple(int(d) for d in dim), tuple(float(t) for t in thr), tuple(int(i) for i in first),
-                      plain(los), plain(his), int(depth), _ipc(table))
+                      plain(los), plain(his), int(depth), _ipc(table), plain(cen), plain(sca))
 
 
 def grow(cells: pa.Table, cell_of_row: np.ndarray, x: np.ndarray, lo: np.ndarray, hi: np.ndarray,
@@ -183,7 +216,7 @@ def grow(cells: pa.Table, cell_of_row: np.ndarray, x: np.ndarray, lo: np.ndarray
         rows = rows[complete[rows]]
         if q == 0 or len(rows) < 2 * min_count or max_leaves[c] < 2:
             continue
-        nodes = [(-1, -1, math.inf, len(rows), _varying(x[rows]))]
+        nodes = [(-1, -1, math.inf, len(rows), _varying(x[rows]), *sample_moments(x[rows]))]
         boxes = [(box_lo.copy(), box_hi.copy())]
         splits: list[int] = []
         heap = [(-len(rows), 0, rows)]
@@ -200,7 +233,7 @@ def grow(cells: pa.Table, cell_of_row: np.ndarray, x: np.ndarray, lo: np.ndarray
                 else:
                     blo[j] = t
                 boxes.append((blo, bhi))
-                nodes.append((node, j, t, len(part), _varying(x[part])))
+                nodes.append((node, j, t, len(part), _varying(x[part]), *sample_moments(x[part])))
                 heapq.heappush(heap, (-len(part), len(nodes) - 1, part))
             splits.append(node)
         keep.append(c)
@@ -208,6 +241,15 @@ def grow(cells: pa.Table, cell_of_row: np.ndarray, x: np.ndarray, lo: np.ndarray
         all_splits.append(splits)
     return Growth(cells.take(pa.array(keep, pa.int64())), np.array(keep, dtype=np.int64), all_nodes, all_splits,
                   box_lo, box_hi, rows_per_sample_row)
+
+
+def sample_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sd of a node's sampled rows per column (NaN when it has fewer than two)."""
+    if len(x) < 2:
+        return np.full(x.shape[1], np.nan), np.full(x.shape[1], np.nan)
+    big = np.maximum(np.abs(x).max(axis=0), 1e-300)  # no overflow for values up to the DOUBLE range
+    u = x / big
+    return u.mean(axis=0) * big, u.std(axis=0) * big
 
 
 def _varying(x: np.ndarray) -> int:

@@ -1,13 +1,13 @@
 """Momentize: one generated SQL GROUP BY giving, per region, count, min, max and mixed power sums.
 
-Power sums are of the globally standardised values z = (x - center) / scale, up to total
-degree ``degree``. Each sum is accumulated as a fixed-point integer (``BIGINT`` terms, exact
-``HUGEINT`` total) scaled by a power of two chosen from the global extent so no term can
-overflow. Integer addition is associative, so the sums are bit-identical whatever the thread
-count or scan order; that makes the squash deterministic and lets partial moment tables
-(partitions, appended batches) be added exactly. A monomial whose range is too wide for
-1e-9 absolute resolution is summed in DOUBLE instead (and the report says the run is then
-only deterministic to rounding).
+Power sums are of each row's values in its region's box units z = (x - mid) / half (Data
+Spheres: global units), for the monomials the plan lists (all of degree <= 2, higher ones as
+many as the largest region fits). Plans that outlive one pass (views, partitions, merges) keep
+every sum as a fixed-point integer (``BIGINT`` terms, exact ``HUGEINT`` total) scaled by a power
+of two chosen so no term can overflow: integer addition is associative, so partial moment tables
+(partitions, appended batches) add exactly and the result is the same whatever the thread count
+or scan order. A one-shot squash uses compensated DOUBLE sums (``fsum``) instead, which are 2.5x
+cheaper; the same input gave the same sums in every run measured (see ``benchmarks/squash_20m.py``).
 """
 from __future__ import annotations
 
@@ -29,12 +29,12 @@ from .binning import Binning, Extent, float_matrix
 
 _HEADROOM_BITS = 60  # every scaled term is below 2**60 in magnitude
 _MIN_FRACTION_BITS = 30  # fixed point needs at least 2**-30 resolution, else DOUBLE sums
-# At most 2**-40 resolution (1e-12 in standardised units, far below any fitting tolerance). Larger
-# terms cost speed, not accuracy: DuckDB adds a BIGINT to its HUGEINT sum with a branch that is
-# mispredicted whenever the low 64-bit word wraps, which terms near 2**60 make happen every few
-# dozen rows. Measured on 5M rows, 125 sums over 12 groups: 5.4 s CPU with terms near 2**60,
-# 2.7 s with this cap.
-_MAX_FRACTION_BITS = 40
+# At most 2**-52 resolution: in box units (|z| <= 1) that is DOUBLE's own precision. 2**-40 (the
+# cap when sums were in global units) left regions whose spread is small against their box with
+# covariance errors above 1e-9 sd^2 (7 rows in an outer HypRect bin: 1.6e-9). On DuckDB 2.0 the
+# cap costs nothing: 5M rows, 125 sums, 12 groups: 5.78 s CPU at 2**-40, 5.92 s at 2**-52
+# (fsum: 2.34 s, plain DOUBLE sum: 1.33 s but not the same result twice).
+_MAX_FRACTION_BITS = 52
 
 
 def _compositions(q: int, d: int) -> list[tuple[int, ...]]:
@@ -170,11 +170,12 @@ def install_aux(con: duckdb.DuckDBPyConnection, binning: Binning) -> None:
 
 
 def moment_sql(from_sql: str, binning: Binning, extent: Extent, categorical: tuple[str, ...],
-               exps: Sequence[tuple[int, ...]], part: tuple[int, int] | None = None) -> str:
+               exps: Sequence[tuple[int, ...]], part: tuple[int, int] | None = None, exact: bool = True) -> str:
     """The moment query over the FROM item ``from_sql``: one row per region, sorted by region key.
 
-    Each power sum is an exact ``HUGEINT`` total of terms scaled by ``2**fraction_bits`` (or a
-    DOUBLE sum where the range is too wide for fixed point), so partial tables add exactly.
+    ``exact``: each power sum is an exact ``HUGEINT`` total of terms scaled by ``2**fraction_bits``
+    (or a DOUBLE sum where the range is too wide for fixed point), so partial tables add exactly;
+    otherwise a compensated DOUBLE sum (``fsum``).
     """
     q = len(binning.quantitative)
     cats = [ident(c) for c in categorical]
@@ -186,9 +187,9 @@ def moment_sql(from_sql: str, binning: Binning, extent: Extent, categorical: tup
     bound = binning.z_bound(extent.minimum, extent.maximum)
     for e in exps:
         term = " * ".join(z[j] for j, p in enumerate(e) for _ in range(p))
-        bits = fraction_bits(bound, e)
+        bits = fraction_bits(bound, e) if exact else None
         if bits is None:
-            aggs.append(f"sum({term}) AS {moment_col(e)}")
+            aggs.append(f"{'sum' if exact else 'fsum'}({term}) AS {moment_col(e)}")
         else:
             aggs.append(f"sum(({term} * {literal(float(2.0 ** bits))})::BIGINT) AS {moment_col(e)}")
     group = comma(cats + keys)

@@ -116,11 +116,11 @@ def predict_no_shrink(sample: pa.Table, categorical: tuple[str, ...], n_rows: in
             "Drop or coarsen high-cardinality categorical columns")
 
 
-def group(con: duckdb.DuckDBPyConnection, src: Source, spec: SquashSpec, *, widen: bool,
+def group(con: duckdb.DuckDBPyConnection, src: Source, spec: SquashSpec, *, reusable: bool,
           show_progress: bool = False) -> tuple[SquashPlan, pa.Table]:
     """Fix the plan (binning, standardisation, fixed-point range) from ``src``; refuse early what cannot shrink."""
     with progress_bar(con, "group", show_progress, scan_share=1 / 2):  # scan -> top-k -> result
-        plan, sample = plan_from_source(con, src, spec, widen=widen)
+        plan, sample = plan_from_source(con, src, spec, reusable=reusable)
     refusal = predict_no_shrink(sample, spec.categorical, plan.observed.n_rows)
     if refusal:
         raise InputError(f"squashing would not shrink {src.label}: {refusal}")
@@ -208,11 +208,11 @@ def generate(con: duckdb.DuckDBPyConnection, plan: SquashPlan, moments: MomentTa
 
 def run(con: duckdb.DuckDBPyConnection, plan: SquashPlan | SquashSpec, *, source: Source | None = None,
         moments: str | None = None, sample: pa.Table | None = None, extra: Sequence[str] = (),
-        widen: bool = True, check_shrink: bool = False, keep_moments: bool = False,
+        reusable: bool = True, check_shrink: bool = False, keep_moments: bool = False,
         show_progress: bool = False) -> tuple[Squashed, str | None]:
     """Group -> Momentize -> Generate; nothing is written.
 
-    ``plan``: a :class:`SquashSpec` runs Group on ``source`` (``widen``: see
+    ``plan``: a :class:`SquashSpec` runs Group on ``source`` (``reusable``: see
     :func:`duckquash.ds.plan.plan_from_source`); a :class:`SquashPlan` skips it.
     ``moments``: an integer moment table (FROM item) to generate from, e.g. merged partial
     tables; otherwise Momentize runs over ``source``. ``extra``: moment-table columns carried
@@ -229,7 +229,7 @@ def run(con: duckdb.DuckDBPyConnection, plan: SquashPlan | SquashSpec, *, source
             if source is None:
                 raise InputError("a squash from a spec needs a source")
             with clock.stage("group"):
-                plan, group_sample = group(con, source, plan, widen=widen, show_progress=show_progress)
+                plan, group_sample = group(con, source, plan, reusable=reusable, show_progress=show_progress)
             sample = group_sample if sample is None else sample
         if moments is None:
             if source is None:

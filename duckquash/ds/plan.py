@@ -36,8 +36,8 @@ from ..sql.dialect import FROM_PLACEHOLDER, check_dialect, render
 from ..sql.names import N_COL, ROWS_COL, max_col, min_col, moment_col
 from ..sql.quote import comma, ident, literal
 from .binning import Binning, Extent, fit_binning
-from .forest import Forest
-from .generate import BUMPS, exact_row_limit
+from .forest import DOUBLE_HEADROOM, EXACT_HEADROOM, Forest
+from .generate import exact_row_limit
 from .points import n_points
 from .moments import exponents, fraction_bits, install_aux, moment_sql, small_rows_sql
 from .spec import SquashSpec
@@ -57,11 +57,12 @@ class SquashPlan:
 
     spec: SquashSpec
     binning: Binning
-    extent: Extent  # the fixed-point range (observed range, widened for plans that outlive one pass)
+    extent: Extent  # the range sums are sized for (observed, widened for reusable plans)
     observed: Extent  # min/max the binning pass saw (drift is measured against it)
     fetch_rows: int
     column_types: tuple[tuple[str, str], ...]  # source type of each input column
     exps: tuple[tuple[int, ...], ...] = ()  # the monomials summed: what some region will fit (moment_exps)
+    exact: bool = True  # fixed-point integer sums (partial tables add exactly); else compensated DOUBLE sums
 
     @property
     def key_columns(self) -> tuple[str, ...]:
@@ -91,6 +92,8 @@ class SquashPlan:
 
     def bits(self) -> dict[tuple[int, ...], int | None]:
         """Fraction bits of each moment's fixed-point sum (None: summed in DOUBLE)."""
+        if not self.exact:
+            return {e: None for e in self.exps}
         bound = self.binning.z_bound(self.extent.minimum, self.extent.maximum)
         return {e: fraction_bits(bound, e) for e in self.exps}
 
@@ -115,7 +118,8 @@ class SquashPlan:
             raise InputError(f"moment SQL for {dialect} is available for HypRect plans only")
         if dialect != "duckdb" and part is not None:
             raise InputError("part= splits the pass by DuckDB's hash(); it is for DuckDB only")
-        sql = moment_sql(FROM_PLACEHOLDER, self.binning, self.extent, self.spec.categorical, self.exps, part=part)
+        sql = moment_sql(FROM_PLACEHOLDER, self.binning, self.extent, self.spec.categorical, self.exps, part=part,
+                         exact=self.exact)
         if rows and dialect == "duckdb" and self.keeps_rows:
             sql = self._with_rows(sql, part)
         return render(sql, dialect, from_sql)
@@ -137,7 +141,7 @@ class SquashPlan:
         return json.dumps({"version": PLAN_VERSION, "spec": self.spec.as_dict(), "binning": _binning_json(self.binning),
                            "extent": asdict(self.extent), "observed": asdict(self.observed),
                            "fetch_rows": self.fetch_rows, "column_types": [list(t) for t in self.column_types],
-                           "moments": [list(e) for e in self.exps]})
+                           "moments": [list(e) for e in self.exps], "exact": self.exact})
 
     @classmethod
     def from_json(cls, text: str) -> SquashPlan:
@@ -147,7 +151,7 @@ class SquashPlan:
         ext = lambda e: Extent(e["n_rows"], tuple(e["minimum"]), tuple(e["maximum"]))  # noqa: E731
         return cls(SquashSpec(**d["spec"]), _binning_from(d["binning"]), ext(d["extent"]), ext(d["observed"]),
                    int(d["fetch_rows"]), tuple((a, t) for a, t in d["column_types"]),
-                   tuple(tuple(e) for e in d["moments"]))
+                   tuple(tuple(e) for e in d["moments"]), bool(d.get("exact", True)))
 
 
 def _binning_json(b: Binning) -> dict:
@@ -159,12 +163,13 @@ def _binning_json(b: Binning) -> dict:
 
 def _binning_from(b: dict) -> Binning:
     f = b.get("forest")
+    rows = lambda v: tuple(tuple(x) for x in v)  # noqa: E731
     forest = None if f is None else Forest(
-        tuple(f["dim"]), tuple(f["thr"]), tuple(f["first"]), tuple(tuple(x) for x in f["lo"]),
-        tuple(tuple(x) for x in f["hi"]), int(f["depth"]), base64.b64decode(f["cells"]))
+        tuple(f["dim"]), tuple(f["thr"]), tuple(f["first"]), rows(f["lo"]), rows(f["hi"]), int(f["depth"]),
+        base64.b64decode(f["cells"]), rows(f["center"]), rows(f["scale"]))
     return Binning(b["method"], tuple(b["quantitative"]), tuple(b["float_columns"]), tuple(b["center"]),
-                   tuple(b["scale"]), tuple(tuple(e) for e in b["edges"]), tuple(b["layer_edges"]), b["split_outer"],
-                   tuple(b["box_lo"]), tuple(b["box_hi"]), forest)
+                   tuple(b["scale"]), rows(b["edges"]), tuple(b["layer_edges"]), b["split_outer"],
+                   tuple(b["box_lo"]), tuple(b["box_hi"]), forest, rows(b["bin_center"]), rows(b["bin_scale"]))
 
 
 def moment_exps(q: int, degree: int, most_points: int) -> tuple[tuple[int, ...], ...]:
@@ -192,28 +197,30 @@ def _widened(binning: Binning, observed: Extent, factor: float) -> Extent:
 
 
 def plan_from_source(con: duckdb.DuckDBPyConnection, src: Source, spec: SquashSpec,
-                     widen: bool = True) -> tuple[SquashPlan, pa.Table]:
-    """Fit the binning on ``src`` and fix the fixed-point range; returns the plan and the sample rows.
+                     reusable: bool = True) -> tuple[SquashPlan, pa.Table]:
+    """Fit the binning on ``src`` and fix how sums are kept; returns the plan and the sample rows.
 
-    ``widen``: room for later rows beyond the observed range (plans that partitions, merges and
-    refreshes reuse); a one-shot squash keeps the observed range, whose finer resolution it can use.
+    ``reusable``: a plan that partitions, merges and refreshes reuse: exact fixed-point sums (partial
+    tables add exactly) sized for room beyond the observed range. A one-shot squash needs neither:
+    its sums are compensated DOUBLE sums (``fsum``), 2.5x cheaper (5M rows, 125 sums: 2.3 s against
+    5.8 s CPU) and finer (1e-16 relative against 2^-52 of the region's box).
     With ``spec.size`` the plan's spec carries the alpha that lands near it.
     """
     src.check_columns(spec.columns, spec.quantitative)
-    binning, observed, sample, alpha = fit_binning(con, src, spec)
+    binning, observed, sample, alpha = fit_binning(con, src, spec, EXACT_HEADROOM if reusable else DOUBLE_HEADROOM)
     if alpha != spec.alpha:
         spec = replace(spec, alpha=alpha)
     q = len(spec.quantitative)
     most = int(n_points(np.array([observed.n_rows]), np.array([q]), spec.alpha, spec.method,
-                        spec.exact_covariance)[0]) + BUMPS
+                        spec.exact_covariance)[0]) + 1  # + 1: the solver's two points for one
     exps = moment_exps(q, spec.degree, most)
-    extent = _widened(binning, observed, _WIDEN) if widen else observed
+    extent = _widened(binning, observed, _WIDEN) if reusable else observed
     bound = binning.z_bound(extent.minimum, extent.maximum)
     if any(fraction_bits(bound, e) is None for e in exps):
         extent = observed  # widening would push some sums out of fixed point: keep the observed range
     fetch_rows = exact_row_limit(spec.alpha, q, spec.method) if spec.alpha > 0 else 0
     types = tuple((c, src.columns[c]) for c in spec.columns)
-    return SquashPlan(spec, binning, extent, observed, fetch_rows, types, exps), sample
+    return SquashPlan(spec, binning, extent, observed, fetch_rows, types, exps, reusable), sample
 
 
 def merge_sql(plan: SquashPlan, from_items: Sequence[str], *, rows: bool = True) -> str:
@@ -282,13 +289,11 @@ def overflow_columns(plan: SquashPlan, lo: Sequence[float | None], hi: Sequence[
     A term of monomial e is below ``2**(log_bound(e) + bits(e))``; BIGINT holds ``2**63``.
     """
     binning = plan.binning
-    bound = []
-    for j in range(len(binning.quantitative)):
-        if lo[j] is None:
-            bound.append(0.0)
-            continue
-        b = max(abs(lo[j] - binning.center[j]), abs(hi[j] - binning.center[j])) / binning.scale[j]
-        bound.append(math.log2(max(b * (1 + 1e-9), 1.0) + 1e-12))
+    lo = [a if a is not None else b for a, b in zip(lo, plan.extent.minimum)]
+    hi = [a if a is not None else b for a, b in zip(hi, plan.extent.maximum)]
+    reach = binning.z_bound([min(a, b) if None not in (a, b) else None for a, b in zip(lo, plan.extent.minimum)],
+                            [max(a, b) if None not in (a, b) else None for a, b in zip(hi, plan.extent.maximum)])
+    bound = [math.log2(max(b * (1 + 1e-9), 1.0) + 1e-12) for b in reach]
     bad: set[str] = set()
     for e, bits in plan.bits().items():
         if bits is None:

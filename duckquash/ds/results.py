@@ -25,7 +25,7 @@ class SquashReport:
 
     params: dict
     timings: dict[str, float]
-    regions: pa.Table  # one row per region: keys, n_rows, n_points, n_vars, kind, residuals, restarts
+    regions: pa.Table  # one row per region: keys, n_rows, n_points, n_vars, kind, residuals
     moments: MomentTable
     binning: Binning
     cpu_timings: dict[str, float] = field(default_factory=dict)  # process CPU seconds per stage

@@ -43,7 +43,6 @@ class SquashSpec:
     seed: int = 0
     exact_covariance: bool = True
     sample_size: int = 100_000
-    restarts: int = 2
     max_iter: int = 30
     size: int | None = None
 
@@ -73,7 +72,7 @@ class SquashSpec:
             raise InputError(f"alpha must be a finite number >= 0, got {self.alpha!r}")
         set_("alpha", alpha)
         for name, lo, hi in (("bins", 1, 1000), ("layers", 1, 100), ("degree", 2, 4),
-                             ("sample_size", 100, 50_000_000), ("restarts", 0, 50), ("max_iter", 1, 10_000)):
+                             ("sample_size", 100, 50_000_000), ("max_iter", 1, 10_000)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
                 raise InputError(f"{name} must be an integer in [{lo}, {hi}], got {v!r}")

@@ -11,7 +11,8 @@ are checked per cell only.
 What is checked, in every region: weights strictly positive and finite, weighted count = N_r,
 means exact (error in units of the region's sd), covariances exact where the region has at
 least d_r + 1 points (d_r: columns that vary in it; elsewhere variances), points inside the
-region's [min, max], no NaN where the rows have values.
+region's [min, max], no NaN where the rows have values. Errors are measured beyond a rounding
+floor of 8 ulp of the column's magnitude (only nearly constant columns notice it; see _compare).
 """
 from __future__ import annotations
 
@@ -94,23 +95,35 @@ def _stats_sql(keyed: str, keys: list[str], q: int, weight: str | None) -> str:
     w = ident(weight)
     means = comma(["sum(" + w + ")::DOUBLE AS __dq_w", "count(*)::DOUBLE AS __dq_m",
                    f"count(*) FILTER (WHERE NOT ({w} > 0 AND isfinite({w})))::DOUBLE AS __dq_badw"]
-                  + [f"fsum({w} * {z[j]}) / sum({w}) AS __dq_mu{j}" for j in range(q)]
-                  + [f"min({z[j]}) AS __dq_lo{j}" for j in range(q)] + [f"max({z[j]}) AS __dq_hi{j}" for j in range(q)]
-                  + [f"count(*) FILTER (WHERE {value_col(j)} IS NULL)::DOUBLE AS __dq_null{j}" for j in range(q)])
+                  + [f"fsum({w} * {z[j]}) / sum({w}) FILTER (WHERE {z[j]} IS NOT NULL) AS __dq_mu{j}" for j in range(q)]
+                  + [f"min({z[j]}) AS __dq_lo{j}" for j in range(q)] + [f"max({z[j]}) AS __dq_hi{j}" for j in range(q)])
     first = f"SELECT {g}{', ' if keys else ''}{means} FROM ({keyed})" + (f" GROUP BY {g}" if keys else "")
-    covs = [f"fsum(k.{w} * (k.{z[j]} - m.__dq_mu{j}) * (k.{z[kk]} - m.__dq_mu{kk})) / max(m.__dq_w) "
-            f"AS __dq_c{j}_{kk}" for j in range(q) for kk in range(j, q)]
+    covs = []
+    for j in range(q):  # pairwise complete, as covar_pop: centred sums, corrected for the pair's own means
+        for k in range(j, q):
+            both = f"k.{z[j]} IS NOT NULL AND k.{z[k]} IS NOT NULL"
+            dj, dk = f"(k.{z[j]} - m.__dq_mu{j})", f"(k.{z[k]} - m.__dq_mu{k})"
+            wp = f"sum(k.{w}) FILTER (WHERE {both})"
+            covs.append(f"fsum(k.{w} * {dj} * {dk}) FILTER (WHERE {both}) / {wp} - "
+                        f"(fsum(k.{w} * {dj}) FILTER (WHERE {both}) / {wp}) * "
+                        f"(fsum(k.{w} * {dk}) FILTER (WHERE {both}) / {wp}) AS __dq_c{j}_{k}")
     on = key_match("k", "m", keys) if keys else "TRUE"
     kg = comma(f"k.{ident(c)}" for c in keys)
     cols = ["__dq_w", "__dq_m", "__dq_badw"] + [f"__dq_mu{j}" for j in range(q)] + \
-           [f"__dq_lo{j}" for j in range(q)] + [f"__dq_hi{j}" for j in range(q)] + [f"__dq_null{j}" for j in range(q)]
+           [f"__dq_lo{j}" for j in range(q)] + [f"__dq_hi{j}" for j in range(q)]
     sel = comma(([kg] if keys else []) + [f"max(m.{c}) AS {c}" for c in cols] + covs)
     return (f"SELECT {sel} FROM ({keyed}) k JOIN ({first}) m ON {on}" + (f" GROUP BY {kg}" if keys else ""))
 
 
 def _compare(src: pa.Table, out: pa.Table, keys: list[str], q: int, con: duckdb.DuckDBPyConnection,
-             region_level: bool) -> pa.Table:
-    """Join source and output statistics on the keys; one row of errors per group."""
+             region_level: bool, frames) -> pa.Table:
+    """Join source and output statistics on the keys; one row of errors per group.
+
+    ``frames(keys table) -> (center, scale)``: the units z of each group's columns, to size the
+    rounding floor: a raw DOUBLE holds a value only to its last bit, so a column that is nearly
+    constant (sd below ~1e-7 of its magnitude) cannot have its mean placed to 1e-9 sd; errors are
+    accepted up to TOLERANCE plus 8 ulp of the column's largest magnitude, in sd units.
+    """
     src = src.rename_columns([c if c in keys else f"s_{c}" for c in src.column_names])
     out = out.rename_columns([c if c in keys else f"o_{c}" for c in out.column_names])
     with registered(con, src, "vsrc") as a, registered(con, out, "vout") as b:
@@ -132,8 +145,13 @@ def _compare(src: pa.Table, out: pa.Table, keys: list[str], q: int, con: duckdb.
     mu_o = np.column_stack([col(f"o___dq_mu{j}") for j in range(q)]) if q else sd
     varies = sd > 1e-12 * np.maximum(1.0, np.abs(mu_s))
     unit = np.where(varies, sd, np.maximum(1.0, np.abs(mu_s)))  # constant columns: relative to their value
+    center, scale = frames(joined.select(keys)) if q else (sd, sd)
+    reach = np.column_stack([np.maximum(np.abs(center[:, j] + scale[:, j] * np.nan_to_num(col(f"s___dq_lo{j}"))),
+                                        np.abs(center[:, j] + scale[:, j] * np.nan_to_num(col(f"s___dq_hi{j}"))))
+                             for j in range(q)]) if q else sd
+    floor = 8 * np.finfo(float).eps * reach / scale / unit  # in units of the group's sd
     with np.errstate(invalid="ignore"):
-        mean_err = np.abs(mu_o - mu_s) / unit
+        mean_err = np.maximum(np.abs(mu_o - mu_s) / unit - floor, 0.0)
     present = ~np.isnan(mu_s)
     lost = present & np.isnan(mu_o)  # the rows have values, the points none
     mean_err = np.where(lost, np.inf, np.where(present, mean_err, 0.0))
@@ -145,7 +163,7 @@ def _compare(src: pa.Table, out: pa.Table, keys: list[str], q: int, con: duckdb.
         for k in range(j, q):
             cs, co = col(f"s___dq_c{j}_{k}"), col(f"o___dq_c{j}_{k}")
             with np.errstate(invalid="ignore", divide="ignore"):
-                e = np.abs(co - cs) / (unit[:, j] * unit[:, k])
+                e = np.maximum(np.abs(co - cs) / (unit[:, j] * unit[:, k]) - 2 * (floor[:, j] + floor[:, k]), 0.0)
             e = np.where(present[:, j] & present[:, k], np.nan_to_num(e, nan=np.inf), 0.0)
             if j != k:
                 e = np.where(var_only, 0.0, e)  # too few points to hold the covariance: variances only
@@ -180,12 +198,13 @@ def verify(con: duckdb.DuckDBPyConnection, plan: SquashPlan, source: Source, out
             out_keyed = keyed_rows_sql(output_sql, b, cats, (weight,))
             s = con.sql(_stats_sql(src_keyed, keys, q, None)).to_arrow_table()
             o = con.sql(_stats_sql(out_keyed, keys, q, weight)).to_arrow_table()
-            regions = _compare(s, o, keys, q, con, True)
+            regions = _compare(s, o, keys, q, con, True, b.frames)
         # cells: globally standardised units, the same for rows and points
         glob = _global_keyed(source.sql, b, cats, ())
         s = con.sql(_stats_sql(glob, list(cats), q, None)).to_arrow_table()
         o = con.sql(_stats_sql(_global_keyed(output_sql, b, cats, (weight,)), list(cats), q, weight)).to_arrow_table()
-        cells = _compare(s, o, list(cats), q, con, False)
+        cells = _compare(s, o, list(cats), q, con, False, lambda t: (np.tile(np.array(b.center), (t.num_rows, 1)),
+                                                                     np.tile(np.array(b.scale), (t.num_rows, 1))))
     return Verification(regions, cells)
 
 
