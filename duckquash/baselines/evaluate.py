@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -19,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..api import glm
-from ..errors import InputError
+from ..errors import DuckquashWarning, InputError
 from ..io.source import resolve
 from ..model.families import mean_sql
 from ..model.irls import fit_design
@@ -174,10 +175,20 @@ def evaluate(con: duckdb.DuckDBPyConnection, full: object, reduced: Mapping[str,
                 raise InputError(f"reduced table {label!r} ({src.label}) has no weight column {weight!r}")
             m = con.execute(f"SELECT count(*) FROM {src.sql}").fetchall()[0][0]
             t1 = time.perf_counter()
-            fit = fit_design(con, src.sql, design, fam, weight_sql=ident(weight), start=beta_f)
+            try:
+                fit = fit_design(con, src.sql, design, fam, weight_sql=ident(weight), start=beta_f)
+            except InputError as e:  # the reduced table cannot estimate the model (e.g. a level it lacks)
+                warnings.warn(DuckquashWarning(f"the model cannot be fitted on {label!r}: {e}"), stacklevel=2)
+                fit = None
             secs = time.perf_counter() - t1
         finally:
             src.close()
+        if fit is None:
+            zrows["method"] += [label] * len(names)
+            zrows["term"] += names
+            zrows["z"] += [float("nan")] * len(names)
+            stats.append((label, int(m), float("inf"), float("inf"), secs))
+            continue
         fits[label] = fit
         z = (np.asarray(fit.params, float) - beta_f) / se_f
         zrows["method"] += [label] * len(z)
@@ -196,14 +207,16 @@ def evaluate(con: duckdb.DuckDBPyConnection, full: object, reduced: Mapping[str,
                  f"FROM (SELECT *, {mu_full} AS __dq_mu FROM {src.sql} WHERE {where})")
         aggs = [f"avg(__dq_d{k}), stddev_samp(__dq_d{k}), min(__dq_d{k}), max(__dq_d{k})"
                 for k in range(len(diffs))]
-        row = con.execute(f"SELECT {comma(aggs)} FROM ({inner})").fetchall()[0]
+        row = con.execute(f"SELECT {comma(aggs)} FROM ({inner})").fetchall()[0] if diffs else ()
     finally:
         src.close()
     n_full = float(full_fit.nobs)
     cols = {c: [] for c in COLUMNS}
-    for k, (label, m, mse, mz, secs) in enumerate(stats):
-        vals = [label, m, n_full / m, mse, mz, *[float(v) if v is not None else float("nan")
-                                                for v in row[4 * k: 4 * k + 4]], secs]
+    slot = {label: k for k, label in enumerate(fits)}  # position of each fitted method in the residual pass
+    for label, m, mse, mz, secs in stats:
+        k = slot.get(label)
+        resid = row[4 * k: 4 * k + 4] if k is not None else [None] * 4
+        vals = [label, m, n_full / m, mse, mz, *[float(v) if v is not None else float("nan") for v in resid], secs]
         for c, v in zip(COLUMNS, vals):
             cols[c].append(v)
     table = pa.table({c: pa.array(v, pa.string() if c == "method" else pa.int64() if c == "M" else pa.float64())
