@@ -118,36 +118,46 @@ def _meat(con, from_sql: str, design: Design, family: str, w_sql: str, beta: np.
     return M + np.triu(M, 1).T
 
 
+_HALVINGS = 12  # step halvings when a Newton step raises the deviance (R's glm.fit does the same)
+
+
 def _irls(con, from_sql, design, family, w_sql, beta, sums, n_iter, max_iter, tol):
     """Newton/IRLS steps from ``beta`` (whose pass is ``sums``) until the step is below ``tol``.
 
-    Returns (beta, sums at beta, status, last step size, passes made); status is ``converged``,
-    ``max_iter``, ``separated`` (binomial fitted probabilities at 0/1 and the deviance settled) or
-    ``singular`` (X'WX lost rank at the boundary).
+    A step that raises the deviance (or makes it non-finite) is halved until it does not, one pass
+    per halving: far from the optimum (a start from another table's estimate, extreme rows) the
+    full Newton step can overshoot and diverge. Returns (beta, sums at beta, status, last step
+    size, passes made); status is ``converged``, ``max_iter``, ``separated`` (binomial fitted
+    probabilities at 0/1 while the deviance no longer falls) or ``singular`` (X'WX lost rank).
     """
-    more, step, dev_prev = 0, float("nan"), float("nan")
+    steps, passes, step, dev_prev = 0, 0, float("nan"), float("nan")
     while True:
-        if family == "binomial" and sums.extreme > 0 and (
-                sums.dev <= 1e-8 * sums.sum_f or abs(sums.dev - dev_prev) <= 1e-10 * (abs(sums.dev) + 1.0)):
-            return beta, sums, "separated", step, more
         try:
             cf, s = scaled_factor(sums.A, design.names, check_rank=False)
         except np.linalg.LinAlgError:
-            return beta, sums, "singular", step, more
+            return beta, sums, "singular", step, steps, passes
         delta = solve(cf, s, sums.b)
         step = float(np.max(np.abs(delta)))
         if step <= tol * (1.0 + np.max(np.abs(beta))):
-            return beta, sums, "converged", step, more
-        if n_iter + more >= max_iter:
-            return beta, sums, "max_iter", step, more
-        beta, dev_prev = beta + delta, sums.dev
-        sums = _pass(con, from_sql, design, family, w_sql, beta, first=False)
-        more += 1
+            return beta, sums, "converged", step, steps, passes
+        if family == "binomial" and sums.extreme > 0 and (
+                sums.dev <= 1e-8 * sums.sum_f or abs(sums.dev - dev_prev) <= 1e-10 * (abs(sums.dev) + 1.0)):
+            return beta, sums, "separated", step, steps, passes
+        if n_iter + steps >= max_iter:
+            return beta, sums, "max_iter", step, steps, passes
+        dev_prev = sums.dev
+        for _ in range(_HALVINGS + 1):
+            trial = _pass(con, from_sql, design, family, w_sql, beta + delta, first=False)
+            passes += 1
+            if np.isfinite(trial.dev) and trial.dev <= dev_prev * (1 + 1e-12) + 1e-12:
+                break
+            delta = delta / 2
+        beta, sums, steps = beta + delta, trial, steps + 1
 
 
 def _warn(status: str, family: str, sums: _Sums, nobs: float, n_iter: int, step: float) -> None:
     """One clear warning for a fit that is not a clean convergence."""
-    if family == "binomial" and sums.extreme > 0:
+    if status == "separated":
         if sums.dev <= 1e-8 * nobs:
             msg = ("perfect separation: the binomial model fits every row exactly (fitted probabilities 0/1); "
                    "the coefficients are not finite estimates")
@@ -258,9 +268,9 @@ def fit_design(con: duckdb.DuckDBPyConnection, from_sql: str, design: Design, fa
             sums = _pass(con, from_sql, work, family, w_sql, beta, first=False)
             passes += 1
             n_iter += 1
-        beta, sums, status, step, more = _irls(con, from_sql, work, family, w_sql, beta, sums, n_iter,
-                                               max_iter, tol)
-        n_iter += more
+        beta, sums, status, step, steps, more = _irls(con, from_sql, work, family, w_sql, beta, sums, n_iter,
+                                                      max_iter, tol)
+        n_iter += steps
         passes += more
         converged = status == "converged"
         dev = sums.dev
