@@ -210,11 +210,11 @@ class Binning:
 
     def adaptive_keys_sql(self, rows_sql: str, categorical: tuple[str, ...], v: list[str]) -> str:
         """Rows of ``rows_sql`` (which has the categoricals and values ``v``) with MISS and LEAF, and
-        the node lists still attached (for :meth:`local_z_sql`): each complete row starts at its
-        cell's root (or node 0 for an unseen cell) and walks the tree, one projection per level
-        (each level a new column: no engine-specific ``REPLACE``)."""
+        the node lists still attached (for :meth:`local_z_sql`): each row starts at its cell's root
+        (node 0 for an unseen cell); complete rows walk the tree, one projection per level (each
+        level a new column: no engine-specific ``REPLACE``), rows with a missing value stay."""
         cells, nodes = (ident(n) for n in self.aux_names())
-        start = f"CASE WHEN {MISS} = 0 THEN coalesce(c.{ROOT_COL}, 0) ELSE 0 END::BIGINT"
+        start = f"coalesce(c.{ROOT_COL}, 0)::BIGINT"
         on = key_match("s", "c", categorical) if categorical else "TRUE"
         sql = (f"SELECT s.*, {start} AS {NODE}l0 FROM (SELECT *, {self.miss_sql(v)} AS {MISS} FROM ({rows_sql})) s "
                f"LEFT JOIN {cells} c ON {on}")
@@ -222,7 +222,8 @@ class Binning:
         sql = f"SELECT t.*, [{comma(v)}] AS {cs}, n.* FROM ({sql}) t CROSS JOIN {nodes} n"
         for k in range(self.forest.depth):
             at = f"{NODE}l{k} + 1"
-            step = f"{NODE}first[{at}] + (coalesce({cs}[{NODE}dim[{at}]], 0.0) >= {NODE}thr[{at}])::BIGINT"
+            step = (f"CASE WHEN {MISS} = 0 THEN {NODE}first[{at}] + ({cs}[{NODE}dim[{at}]] >= {NODE}thr[{at}])::BIGINT "
+                    f"ELSE {NODE}l{k} END")  # rows with a missing value stay at their cell's root
             sql = f"SELECT *, {step} AS {NODE}l{k + 1} FROM ({sql})"
         return f"SELECT *, {NODE}l{self.forest.depth} AS {LEAF} FROM ({sql})"
 

@@ -16,8 +16,10 @@ Every node has a box (per column [lo, hi], from the thresholds and the table's e
 moment pass standardises each row by its region's box, so power sums stay O(1) whatever the
 column's magnitude (a single 1e200 among ordinary values cannot overflow them).
 
-Node 0 is a leaf covering everything: rows of cells the sample did not see, and rows with a
-NULL or NaN quantitative value, land there (their region is their cell and missing pattern).
+Every cell with two sampled rows or more has a root (a single leaf when it is too small to
+split), whose units its rows' moments use; rows with a NULL or NaN quantitative value stop at
+their cell's root (their region is their cell and missing pattern). Node 0 is a leaf covering
+everything, for cells the sample did not see (or saw once).
 """
 from __future__ import annotations
 
@@ -212,11 +214,13 @@ def grow(cells: pa.Table, cell_of_row: np.ndarray, x: np.ndarray, lo: np.ndarray
     keep, all_nodes, all_splits = [], [], []
     box_lo, box_hi = np.where(np.isfinite(lo), lo, 0.0), np.where(np.isfinite(hi), hi, 0.0)
     for c in range(cells.num_rows):
-        rows = order[starts[c]:starts[c + 1]]
-        rows = rows[complete[rows]]
-        if q == 0 or len(rows) < 2 * min_count or max_leaves[c] < 2:
+        members_all = order[starts[c]:starts[c + 1]]
+        rows = members_all[complete[members_all]]
+        if q == 0 or len(members_all) < 2:  # a cell of one sampled row or none: node 0's units
             continue
-        nodes = [(-1, -1, math.inf, len(rows), _varying(x[rows]), *sample_moments(x[rows]))]
+        # the root's units from every sampled row of the cell (rows with NULLs stop there); splits
+        # from the complete ones
+        nodes = [(-1, -1, math.inf, len(members_all), _varying(x[rows]), *sample_moments(x[members_all]))]
         boxes = [(box_lo.copy(), box_hi.copy())]
         splits: list[int] = []
         heap = [(-len(rows), 0, rows)]
@@ -244,12 +248,18 @@ def grow(cells: pa.Table, cell_of_row: np.ndarray, x: np.ndarray, lo: np.ndarray
 
 
 def sample_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and sd of a node's sampled rows per column (NaN when it has fewer than two)."""
-    if len(x) < 2:
+    """Mean and sd of a node's sampled rows per column, ignoring NaN (NaN with fewer than two values)."""
+    ok = ~np.isnan(x)
+    count = ok.sum(axis=0)
+    if not len(x) or not count.max(initial=0) >= 2:
         return np.full(x.shape[1], np.nan), np.full(x.shape[1], np.nan)
-    big = np.maximum(np.abs(x).max(axis=0), 1e-300)  # no overflow for values up to the DOUBLE range
-    u = x / big
-    return u.mean(axis=0) * big, u.std(axis=0) * big
+    big = np.maximum(np.nanmax(np.abs(np.where(ok, x, 0.0)), axis=0), 1e-300)  # no overflow up to the DOUBLE range
+    u = np.where(ok, x / big, 0.0)
+    n = np.maximum(count, 1)
+    mean = u.sum(axis=0) / n
+    var = (np.where(ok, u - mean, 0.0) ** 2).sum(axis=0) / n
+    few = count < 2
+    return np.where(few, np.nan, mean * big), np.where(few, np.nan, np.sqrt(var) * big)
 
 
 def _varying(x: np.ndarray) -> int:

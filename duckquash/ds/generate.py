@@ -108,7 +108,8 @@ def generate(moments: MomentTable, binning: Binning, spec: SquashSpec, fetch_row
     kind = np.full(len(n), "fit", dtype=object)
     kind[(spec.alpha == 0) | (d == 0)] = "mean"
     has_rows = ROWS_COL in tbl.column_names
-    kind[(kind == "fit") & (m >= n) & (n <= fetch_rows) & has_rows] = "rows"
+    # a region that cannot shrink while holding its covariance keeps its rows (exact in everything)
+    kind[(kind == "fit") & (n <= np.maximum(m, d + 1)) & (n <= fetch_rows) & has_rows] = "rows"
     lo_z, hi_z = (lo_x - center) / scale, (hi_x - center) / scale  # the region's range in its box units
     x_mean = np.clip(center + scale * mean, lo_x, hi_x)  # constant columns: their value
     err2 = np.zeros(len(n))

@@ -64,6 +64,7 @@ import itertools
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -800,6 +801,10 @@ def _solve_chunk(regs: list, seed: int, key: tuple, iters: int = LM_ITERS) -> li
         if e <= 1.0:
             out.append(Result(*_drop_light(yp, pp, g), "project", e))
             continue
+        # The LP adds points as it needs them, so it matches the whole covariance even where the
+        # requested points were too few for it: a table with at least d + 1 points in a region is
+        # then exact in its covariance, as verify() checks.
+        g = g if g.full else dataclasses.replace(g, full=True)
         lp = lp_solve(g, [yb, yp], rng)
         if lp is not None and lp[2] > 1.0:  # support found, equalities not yet tight:
             lp = project(lp[0], lp[1], g, 2 * PROJECT_ITERS)  # let the points move as well

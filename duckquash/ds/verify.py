@@ -116,13 +116,15 @@ def _stats_sql(keyed: str, keys: list[str], q: int, weight: str | None) -> str:
 
 
 def _compare(src: pa.Table, out: pa.Table, keys: list[str], q: int, con: duckdb.DuckDBPyConnection,
-             region_level: bool, frames) -> pa.Table:
+             region_level: bool, frames, covariance_held=None) -> pa.Table:
     """Join source and output statistics on the keys; one row of errors per group.
 
     ``frames(keys table) -> (center, scale)``: the units z of each group's columns, to size the
     rounding floor: a raw DOUBLE holds a value only to its last bit, so a column that is nearly
     constant (sd below ~1e-7 of its magnitude) cannot have its mean placed to 1e-9 sd; errors are
     accepted up to TOLERANCE plus 8 ulp of the column's largest magnitude, in sd units.
+    ``covariance_held(keys table) -> bool array``: which groups should hold their covariances
+    (a cell whose regions hold only variances cannot); default: those with d + 1 points or more.
     """
     src = src.rename_columns([c if c in keys else f"s_{c}" for c in src.column_names])
     out = out.rename_columns([c if c in keys else f"o_{c}" for c in out.column_names])
@@ -159,6 +161,8 @@ def _compare(src: pa.Table, out: pa.Table, keys: list[str], q: int, con: duckdb.
     points = np.nan_to_num(col("o___dq_m"))
     cov_err = np.zeros(joined.num_rows)
     var_only = points < d + 1
+    if covariance_held is not None:
+        var_only |= ~covariance_held(joined.select(keys))
     for j in range(q):
         for k in range(j, q):
             cs, co = col(f"s___dq_c{j}_{k}"), col(f"o___dq_c{j}_{k}")
@@ -203,8 +207,16 @@ def verify(con: duckdb.DuckDBPyConnection, plan: SquashPlan, source: Source, out
         glob = _global_keyed(source.sql, b, cats, ())
         s = con.sql(_stats_sql(glob, list(cats), q, None)).to_arrow_table()
         o = con.sql(_stats_sql(_global_keyed(output_sql, b, cats, (weight,)), list(cats), q, weight)).to_arrow_table()
+        held = None
+        if regions is not None:  # a cell holds its covariances when every region of it does
+            short = {tuple(r) for r, ok in zip(zip(*[regions.column(c).to_pylist() for c in cats]) if cats else
+                                                [()] * regions.num_rows, regions.column("cov_checked").to_pylist())
+                     if not ok}
+            held = lambda t: np.array([tuple(r) not in short for r in (zip(*[t.column(c).to_pylist() for c in cats])  # noqa: E731
+                                                                          if cats else [()] * t.num_rows)])
         cells = _compare(s, o, list(cats), q, con, False, lambda t: (np.tile(np.array(b.center), (t.num_rows, 1)),
-                                                                     np.tile(np.array(b.scale), (t.num_rows, 1))))
+                                                                     np.tile(np.array(b.scale), (t.num_rows, 1))),
+                         held)
     return Verification(regions, cells)
 
 
