@@ -93,7 +93,7 @@ def test_pairs_not_refused_early(small):
     small.execute("ALTER TABLE small ADD COLUMN id BIGINT")
     small.execute("UPDATE small SET id = rowid // 2")
     spec = SquashSpec(("id",), ("x1",), sample_size=1000)
-    _, extent, sample, _ = fit_binning(small, resolve(small, "small"), spec)
+    _, extent, sample, _, _ = fit_binning(small, resolve(small, "small"), spec)
     assert sample.num_rows == 1000 and extent.n_rows == 5000
     assert predict_no_shrink(sample, spec.categorical, extent.n_rows) is None
     assert predict_no_shrink(sample.slice(0, 0), spec.categorical, extent.n_rows) is None

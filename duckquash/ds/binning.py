@@ -336,10 +336,11 @@ MIN_LEAF_ROWS = 5  # a split keeps at least 5 (q + 1) rows (estimated) on each s
 
 
 def fit_binning(con: duckdb.DuckDBPyConnection, src: Source, spec: SquashSpec,
-                headroom: float = DOUBLE_HEADROOM) -> tuple[Binning, Extent, pa.Table, float]:
-    """Run the two cheap passes; return the binning, the global extent, the sample rows and the alpha
-    to use (``spec.alpha``, or the one that lands near ``spec.size`` points). ``headroom``: the
-    largest |z| a region's units allow (``forest.units``; small for fixed-point sums)."""
+                headroom: float = DOUBLE_HEADROOM) -> tuple[Binning, Extent, pa.Table, float, float | None]:
+    """Run the two cheap passes; return the binning, the global extent, the sample rows, the alpha
+    to use (``spec.alpha``, or the one that lands near ``spec.size`` points) and the number of
+    points predicted from the sample (adaptive regions and ``size=``; else None). ``headroom``:
+    the largest |z| a region's units allow (``forest.units``; small for fixed-point sums)."""
     q = spec.quantitative
     floats = [src.columns[c].upper().split("(")[0] in FLOAT_TYPES for c in q]
     extent = _extent(con, src, spec, floats)
@@ -379,10 +380,10 @@ def fit_binning(con: duckdb.DuckDBPyConnection, src: Source, spec: SquashSpec,
                       tuple(extent.minimum), tuple(extent.maximum))
     if spec.method == "hyprect":
         binning = replace(binning, **_bin_units(binning, sample, headroom))
-    alpha = spec.alpha
+    alpha, predicted = spec.alpha, None
     if spec.method == "adaptive" or spec.size is not None:
-        binning, alpha = _fit_regions(binning, extent, spec, sample_rows, sample, headroom)
-    return binning, extent, sample_rows, alpha
+        binning, alpha, predicted = _fit_regions(binning, extent, spec, sample_rows, sample, headroom)
+    return binning, extent, sample_rows, alpha, predicted
 
 
 def _bin_units(binning: Binning, x: np.ndarray, headroom: float) -> dict:
@@ -406,9 +407,9 @@ def _bin_units(binning: Binning, x: np.ndarray, headroom: float) -> dict:
 
 
 def _fit_regions(binning: Binning, extent: Extent, spec: SquashSpec, rows: pa.Table,
-                 x: np.ndarray, headroom: float) -> tuple[Binning, float]:
+                 x: np.ndarray, headroom: float) -> tuple[Binning, float, float]:
     """Adaptive trees (their leaf budget from the default rows per leaf, or searched so that the
-    predicted number of points lands on ``spec.size``), and the alpha to use."""
+    predicted number of points lands on ``spec.size``), the alpha to use, and the points predicted."""
     q, n = len(spec.quantitative), extent.n_rows
     w = n / max(rows.num_rows, 1)
     cells, cell_of_row = _cells(rows, spec.categorical)
@@ -416,9 +417,12 @@ def _fit_regions(binning: Binning, extent: Extent, spec: SquashSpec, rows: pa.Ta
     miss = np.isnan(x).any(axis=1) if q else np.zeros(rows.num_rows, dtype=bool)
     incomplete = _pattern_counts(x[miss], cell_of_row[miss]) * w if miss.any() else np.empty(0)
     growth = None
+    default_rows = float(ROWS_PER_LEAF * (q + 1))
     if spec.method == "adaptive" and q:
         min_rows = MIN_LEAF_ROWS * (q + 1)
-        most = [int(min(MAX_LEAVES_PER_CELL, max(1, c // min_rows))) for c in counts]
+        # leaves a cell may need: as many as the default asks, or (size=) as many as min_rows allows
+        per_leaf = min_rows if spec.size is not None else default_rows
+        most = [int(min(MAX_LEAVES_PER_CELL, max(1, round(c / per_leaf)))) for c in counts]
         lo = np.array([np.nan if v is None else v for v in extent.minimum], dtype=float)
         hi = np.array([np.nan if v is None else v for v in extent.maximum], dtype=float)
         growth = grow(cells, cell_of_row, x, lo, hi, np.array(binning.scale), w, min_rows, most)
@@ -444,13 +448,13 @@ def _fit_regions(binning: Binning, extent: Extent, spec: SquashSpec, rows: pa.Ta
 
         return float(n_points(np.array(sizes), np.array(dims), alpha, spec.method, spec.exact_covariance).sum())
 
-    rows_per_leaf, alpha = float(ROWS_PER_LEAF * (q + 1)), spec.alpha
+    rows_per_leaf, alpha = default_rows, spec.alpha
     if spec.size is not None:
         rows_per_leaf, alpha = _search_size(predicted, spec, n, cells.num_rows + len(incomplete),
                                             growth is not None)
     if growth is not None:
         binning = replace(binning, forest=growth.build(wants(rows_per_leaf), headroom))
-    return binning, alpha
+    return binning, alpha, predicted(rows_per_leaf, alpha)
 
 
 def _search_size(predicted, spec: SquashSpec, n: int, n_cells: int, trees: bool) -> tuple[float, float]:

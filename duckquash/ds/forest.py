@@ -249,6 +249,11 @@ def grow(cells: pa.Table, cell_of_row: np.ndarray, x: np.ndarray, lo: np.ndarray
 
 def sample_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and sd of a node's sampled rows per column, ignoring NaN (NaN with fewer than two values)."""
+    if len(x) >= 2:
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean, sd = x.mean(axis=0), x.std(axis=0)
+        if np.isfinite(sd).all():  # the common case: no NaN, no overflow
+            return mean, sd
     ok = ~np.isnan(x)
     count = ok.sum(axis=0)
     if not len(x) or not count.max(initial=0) >= 2:

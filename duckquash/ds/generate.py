@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from ..errors import InputError
 from ..sql.names import ROWS_COL, max_col, min_col, moment_col
 from . import solver
 from .binning import Binning
@@ -78,11 +79,12 @@ class Generated:
 
 
 def generate(moments: MomentTable, binning: Binning, spec: SquashSpec, fetch_rows: int,
-             sample: tuple[np.ndarray, np.ndarray]) -> Generated:
+             sample: tuple[np.ndarray, np.ndarray], most: int | None = None) -> Generated:
     """Turn every region's moments into weighted pseudo-points (see the module docstring).
 
     ``sample`` is (region index, raw values) of the binning sample; its rows start the solver
-    in their regions (k-means centroids) and feed its exact fallbacks.
+    in their regions (k-means centroids) and feed its exact fallbacks. ``most``: refuse, before
+    solving anything, when the regions would get at least this many points.
     """
     tbl, q = moments.table, len(binning.quantitative)
     n = moments.counts()
@@ -105,6 +107,9 @@ def generate(moments: MomentTable, binning: Binning, spec: SquashSpec, fetch_row
     active = present & (hi_x > lo_x) & (sd > 0)
     d = active.sum(axis=1)
     m = n_points(n, d, spec.alpha, spec.method, spec.exact_covariance)
+    if most is not None and int(m.sum()) >= most:
+        raise InputError(f"squashing would not shrink the input: {int(m.sum()):,} pseudo-points for {int(n.sum()):,} rows "
+                         f"in {len(n):,} regions (alpha={spec.alpha:g}); lower alpha or size, or coarsen the regions")
     kind = np.full(len(n), "fit", dtype=object)
     kind[(spec.alpha == 0) | (d == 0)] = "mean"
     has_rows = ROWS_COL in tbl.column_names

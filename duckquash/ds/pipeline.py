@@ -117,11 +117,16 @@ def predict_no_shrink(sample: pa.Table, categorical: tuple[str, ...], n_rows: in
 
 
 def group(con: duckdb.DuckDBPyConnection, src: Source, spec: SquashSpec, *, reusable: bool,
-          show_progress: bool = False) -> tuple[SquashPlan, pa.Table]:
-    """Fix the plan (binning, standardisation, fixed-point range) from ``src``; refuse early what cannot shrink."""
+          show_progress: bool = False, check_shrink: bool = False) -> tuple[SquashPlan, pa.Table]:
+    """Fix the plan (binning, standardisation, fixed-point range) from ``src``; refuse early what cannot
+    shrink (near-unique categorical keys; with ``check_shrink``, a predicted point count >= N)."""
     with progress_bar(con, "group", show_progress, scan_share=1 / 2):  # scan -> top-k -> result
         plan, sample = plan_from_source(con, src, spec, reusable=reusable)
-    refusal = predict_no_shrink(sample, spec.categorical, plan.observed.n_rows)
+    n = plan.observed.n_rows
+    if check_shrink and plan.predicted_points is not None and plan.predicted_points >= n:
+        raise InputError(f"squashing would not shrink {src.label}: the sample predicts {plan.predicted_points:,.0f} "
+                         f"pseudo-points for {n:,} rows (alpha={plan.spec.alpha:g}); lower alpha or size")
+    refusal = predict_no_shrink(sample, spec.categorical, n)
     if refusal:
         raise InputError(f"squashing would not shrink {src.label}: {refusal}")
     return plan, sample
@@ -186,7 +191,7 @@ def read_moments(con: duckdb.DuckDBPyConnection, plan: SquashPlan, from_item: st
 
 
 def generate(con: duckdb.DuckDBPyConnection, plan: SquashPlan, moments: MomentTable,
-             sample: pa.Table | None, show_progress: bool = False):
+             sample: pa.Table | None, show_progress: bool = False, most: int | None = None):
     """Pseudo-points for every region of ``moments``; returns (points, region diagnostics, region of each point).
 
     ``sample``: raw rows whose members seed the solver in their regions (None: random starts).
@@ -199,7 +204,7 @@ def generate(con: duckdb.DuckDBPyConnection, plan: SquashPlan, moments: MomentTa
     else:
         starts = (np.empty(0, dtype=np.int64), np.empty((0, q)))
     with progress_bar(None, "generate", show_progress):
-        out = solve(moments, plan.binning, plan.spec, fetch, starts)
+        out = solve(moments, plan.binning, plan.spec, fetch, starts, most)
     counts = out.regions.column("n_points").to_numpy()
     return out.table, out.regions, np.repeat(np.arange(moments.n_regions), counts)
 
@@ -229,7 +234,8 @@ def run(con: duckdb.DuckDBPyConnection, plan: SquashPlan | SquashSpec, *, source
             if source is None:
                 raise InputError("a squash from a spec needs a source")
             with clock.stage("group"):
-                plan, group_sample = group(con, source, plan, reusable=reusable, show_progress=show_progress)
+                plan, group_sample = group(con, source, plan, reusable=reusable, show_progress=show_progress,
+                                           check_shrink=check_shrink)
             sample = group_sample if sample is None else sample
         if moments is None:
             if source is None:
@@ -242,7 +248,8 @@ def run(con: duckdb.DuckDBPyConnection, plan: SquashPlan | SquashSpec, *, source
         with clock.stage("generate"):
             has_rows = ROWS_COL in {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {moments}").fetchall()}
             table = read_moments(con, plan, moments, rows=has_rows, extra=extra)
-            points, regions, idx = generate(con, plan, table, sample, show_progress)
+            most = int(table.counts().sum()) if check_shrink else None
+            points, regions, idx = generate(con, plan, table, sample, show_progress, most)
         n, m = int(table.counts().sum()), points.num_rows
         if check_shrink and m >= n:
             levels = {c: len(set(table.table.column(c).to_pylist())) for c in plan.spec.categorical}

@@ -63,6 +63,7 @@ class SquashPlan:
     column_types: tuple[tuple[str, str], ...]  # source type of each input column
     exps: tuple[tuple[int, ...], ...] = ()  # the monomials summed: what some region will fit (moment_exps)
     exact: bool = True  # fixed-point integer sums (partial tables add exactly); else compensated DOUBLE sums
+    predicted_points: float | None = None  # points the Group stage's sample predicts (adaptive, size=)
 
     @property
     def key_columns(self) -> tuple[str, ...]:
@@ -141,7 +142,8 @@ class SquashPlan:
         return json.dumps({"version": PLAN_VERSION, "spec": self.spec.as_dict(), "binning": _binning_json(self.binning),
                            "extent": asdict(self.extent), "observed": asdict(self.observed),
                            "fetch_rows": self.fetch_rows, "column_types": [list(t) for t in self.column_types],
-                           "moments": [list(e) for e in self.exps], "exact": self.exact})
+                           "moments": [list(e) for e in self.exps], "exact": self.exact,
+                           "predicted_points": self.predicted_points})
 
     @classmethod
     def from_json(cls, text: str) -> SquashPlan:
@@ -151,7 +153,7 @@ class SquashPlan:
         ext = lambda e: Extent(e["n_rows"], tuple(e["minimum"]), tuple(e["maximum"]))  # noqa: E731
         return cls(SquashSpec(**d["spec"]), _binning_from(d["binning"]), ext(d["extent"]), ext(d["observed"]),
                    int(d["fetch_rows"]), tuple((a, t) for a, t in d["column_types"]),
-                   tuple(tuple(e) for e in d["moments"]), bool(d.get("exact", True)))
+                   tuple(tuple(e) for e in d["moments"]), bool(d.get("exact", True)), d.get("predicted_points"))
 
 
 def _binning_json(b: Binning) -> dict:
@@ -207,7 +209,8 @@ def plan_from_source(con: duckdb.DuckDBPyConnection, src: Source, spec: SquashSp
     With ``spec.size`` the plan's spec carries the alpha that lands near it.
     """
     src.check_columns(spec.columns, spec.quantitative)
-    binning, observed, sample, alpha = fit_binning(con, src, spec, EXACT_HEADROOM if reusable else DOUBLE_HEADROOM)
+    binning, observed, sample, alpha, predicted = fit_binning(con, src, spec,
+                                                              EXACT_HEADROOM if reusable else DOUBLE_HEADROOM)
     if alpha != spec.alpha:
         spec = replace(spec, alpha=alpha)
     q = len(spec.quantitative)
@@ -220,7 +223,7 @@ def plan_from_source(con: duckdb.DuckDBPyConnection, src: Source, spec: SquashSp
         extent = observed  # widening would push some sums out of fixed point: keep the observed range
     fetch_rows = exact_row_limit(spec.alpha, q, spec.method) if spec.alpha > 0 else 0
     types = tuple((c, src.columns[c]) for c in spec.columns)
-    return SquashPlan(spec, binning, extent, observed, fetch_rows, types, exps, reusable), sample
+    return SquashPlan(spec, binning, extent, observed, fetch_rows, types, exps, reusable, predicted), sample
 
 
 def merge_sql(plan: SquashPlan, from_items: Sequence[str], *, rows: bool = True) -> str:

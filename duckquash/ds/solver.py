@@ -68,7 +68,6 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import linprog
 
 from threadpoolctl import threadpool_limits  # many tiny LAPACK calls: one BLAS thread each, parallelism over chunks
 
@@ -671,6 +670,8 @@ def _coord_ascent(q0, ql, Q, lo, hi, starts, sweeps=6):
 def lp_solve(g: Region, extra_pts: list, rng: np.random.Generator):
     """Exact degree <= 2 moments as a linear program in the weights of candidate points, with
     column generation over the box. Returns (y, pi, error) with the support (<= K+1 points)."""
+    from scipy.optimize import linprog  # noqa: PLC0415 - scipy.optimize costs ~1 s to import; rarely needed
+
     d = len(g.act)
     lo, hi = g.lo, g.hi
     cand = [g.sample] + [np.clip(p, lo, hi) for p in extra_pts]

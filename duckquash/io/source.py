@@ -118,6 +118,10 @@ def resolve(con: duckdb.DuckDBPyConnection, source: object) -> Source:
         return _relation(con, source)
     if isinstance(source, os.PathLike):
         source = os.fspath(source)
+    if isinstance(source, tuple) and 1 <= len(source) <= 3 and all(isinstance(p, str) and p for p in source):
+        if not table_exists(con, source):
+            raise SourceNotFoundError(f"source table {'.'.join(source)!r} does not exist on this connection")
+        return Source(qualified(source), _describe(con, qualified(source)), f"table {'.'.join(source)!r}")
     if not isinstance(source, str) or not source.strip():
         raise InputError("source must be a table name, file path, SELECT statement or relation, "
                          f"got {type(source).__name__}" + (" (empty)" if isinstance(source, str) else ""))

@@ -54,6 +54,17 @@ def refuse_replacing_source(con: duckdb.DuckDBPyConnection, source: object, part
 
 
 def check_table_target(con: duckdb.DuckDBPyConnection, parts: tuple[str, ...], replace: bool) -> None:
+    """Refuse an output whose schema does not exist, or that exists when ``replace`` is False."""
+    if len(parts) >= 2:  # a.t: schema a (or database a, as DuckDB reads it); c.s.t: schema s of database c
+        if len(parts) == 3:
+            sql, args = "SELECT count(*) FROM duckdb_schemas() WHERE schema_name = ? AND database_name = ?", parts[1::-1]
+        else:
+            sql = ("SELECT (SELECT count(*) FROM duckdb_schemas() WHERE schema_name = ?) + "
+                   "(SELECT count(*) FROM duckdb_databases() WHERE database_name = ?)")
+            args = [parts[0], parts[0]]
+        if not con.execute(sql, list(args)).fetchall()[0][0]:
+            raise InputError(f"output {'.'.join(parts)!r}: there is no schema {'.'.join(parts[:-1])!r}; create it "
+                             "first, or quote a name that holds a dot (\"s.t\")")
     if not replace and table_exists(con, parts, current=True):
         raise OutputExistsError(f"output table {'.'.join(parts)!r} already exists; pass replace=True to overwrite it")
 

@@ -23,12 +23,16 @@ from typing import Any, Mapping
 
 import duckdb
 import numpy as np
+from formulaic import Formula
+from formulaic.errors import FormulaicError
+from formulaic.formula import SimpleFormula
 
 from ..errors import InputError, InternalError
 from ..io.source import is_numeric
 from ..sql.quote import comma, ident, literal
 
 MAX_LEVELS = 10_000
+MAX_DESIGN_LEVELS = 150  # the design's column limit (model/irls.py MAX_COLUMNS), for one factor
 
 _FLOAT_TYPES = ("FLOAT", "DOUBLE", "REAL", "FLOAT4", "FLOAT8")
 _INT_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
@@ -295,6 +299,32 @@ def _contrast_context() -> dict[str, Any]:
 
 # ---------------------------------------------------------------- the design
 
+MAX_POWER = 10  # (a + b + ...)**k: interactions up to order k; formulaic's expansion hangs for large k
+
+
+def _check_powers(formula: str) -> None:
+    """Refuse interaction powers above MAX_POWER before formulaic expands them (``(x + y)**50`` took
+    minutes); powers inside function calls (``I(x**50)``, ``np.log(x)**2``) are arithmetic and fine."""
+    for side in formula.split("~"):
+        try:
+            tree = ast.parse(side.strip() or "0", mode="eval")
+        except SyntaxError:
+            continue  # formulaic reports its own syntax errors
+
+        def visit(node: ast.AST) -> None:
+            if isinstance(node, ast.Call):
+                return
+            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow) and isinstance(node.right, ast.Constant):
+                k = node.right.value
+                if isinstance(k, (int, float)) and k > MAX_POWER:
+                    raise InputError(f"interaction power **{k:g} in {formula!r} is above {MAX_POWER}; (a + b + ...)**k "
+                                     f"with k at least the number of terms is the same as k = that number")
+            for child in ast.iter_child_nodes(node):
+                visit(child)
+
+        visit(tree)
+
+
 def build_design(con: duckdb.DuckDBPyConnection, source_sql: str, formula: str, *,
                  levels: Mapping[str, Any] | None = None, columns: Mapping[str, str] | None = None) -> Design:
     """Turn ``formula`` into SQL expressions over ``source_sql`` (a FROM item).
@@ -311,12 +341,10 @@ def build_design(con: duckdb.DuckDBPyConnection, source_sql: str, formula: str, 
     -------
     Design
     """
-    from formulaic import Formula
-    from formulaic.errors import FormulaicError
-    from formulaic.formula import SimpleFormula
-
     if not isinstance(formula, str) or not formula.strip():
         raise InputError(f"formula must be a non-empty string, got {formula!r}")
+    _check_powers(formula)
+
     env = dict(levels or {})
     if columns is None:
         columns = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM {source_sql}").fetchall()}
@@ -353,6 +381,11 @@ def build_design(con: duckdb.DuckDBPyConnection, source_sql: str, formula: str, 
     variables = tuple(dict.fromkeys(v for f in factors.values() for v in f.used))
     complete = _complete_sql(variables, columns)
     cats = _find_levels(con, source_sql, factors, complete)
+    wide = {k: len(v) for k, v in cats.items() if len(v) > MAX_DESIGN_LEVELS}
+    if wide:  # refused before formulaic builds a column per level (2,000 levels: 9 s)
+        raise InputError(f"categorical factor(s) {wide} have more levels than a design can hold "
+                         f"({MAX_DESIGN_LEVELS}: one column per level, sums of products per pair of columns); "
+                         "coarsen them, or squash first")
     spec, frame = _formulaic_spec(formula, factors, cats, columns, env, bool(lhs_terms))
     names, exprs = _columns_sql(spec, factors, cats, formula)
     _self_check(frame, spec, names, exprs)
