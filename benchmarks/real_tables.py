@@ -38,8 +38,12 @@ def run_table(con: duckdb.DuckDBPyConnection, spec: dict, configs: list[str]) ->
     for config in configs:
         size = n // 50 if config == "size" else None
         t0 = time.perf_counter()
-        sq = duckquash.squash(con, table, categorical=spec["categorical"], quantitative=spec["quantitative"],
-                              size=size, into=f"{table}_sq_{config}", replace=True)
+        try:
+            sq = duckquash.squash(con, table, categorical=spec["categorical"], quantitative=spec["quantitative"],
+                                  size=size, into=f"{table}_sq_{config}", replace=True)
+        except duckquash.InputError as e:  # e.g. size below the number of cells: refused with the reason
+            print(f"| {table} | {config} | {n:,} | {cells:,} | refused: {e} |", flush=True)
+            continue
         secs = time.perf_counter() - t0
         check = sq.verify()
         m = sq.n_points

@@ -6,9 +6,10 @@ choice is a hash of the seed and the row's values (the same convention as the sq
 sample), so the result does not depend on thread count or DuckDB's ``random()``.
 
 Uniform
-    The ``n`` rows with the smallest ``hash(seed, row)`` (one streaming top-k pass), each with
-    weight ``N / n``. Rows whose values are all equal share a key, so exact duplicate rows are
-    kept or left out together (the kept rows are the same whichever duplicate is picked).
+    The ``n`` rows with the smallest ``hash(seed, row, copy)`` (a window numbering identical rows,
+    then a top-k), each with weight ``N / n``. The copy number keeps identical rows independent:
+    hashing the values alone drew all copies of a row together or none (on a census table with
+    255k rows but 14k distinct ones that made a "uniform" sample's MSE 9,636 against 84).
 
 OSMAC (Wang, Zhu & Ma 2018, JASA; REFERENCE.md section 4), logistic regression only
     1. Pilot: a case-control sample of ``pilot`` rows, half from y = 1 and half from y = 0 (the
@@ -19,7 +20,7 @@ OSMAC (Wang, Zhu & Ma 2018, JASA; REFERENCE.md section 4), logistic regression o
        ``M_X^{-1}`` the pilot's inverse weighted information (its ``cov_params()``, up to a
        constant that cancels). ``pi_i = s_i / sum_j s_j``.
     3. ``n - pilot`` draws with replacement with probabilities ``pi_i`` by systematic PPS
-       sampling: rows ordered by ``hash(seed, row)``, cumulative sums ``C_i`` of ``s_i`` (one
+       sampling: rows ordered by ``hash(seed, row, copy)``, cumulative sums ``C_i`` of ``s_i`` (one
        window pass whose last value is the normaliser), and row i drawn
        ``k_i = floor(r C_i / C_N + u) - floor(r C_{i-1} / C_N + u)`` times for one offset
        ``u`` in [0, 1) from the seed. So exactly ``r = n - pilot`` draws and ``E[k_i] = r pi_i``.
@@ -91,9 +92,14 @@ def _int(value: object, what: str, lo: int) -> int:
     return int(value)
 
 
-def row_key(src: Source, seed: int) -> str:
-    """``hash(seed, every column)``: a deterministic pseudo-random UBIGINT per row."""
-    return f"hash({literal(int(seed))}, {comma(ident(c) for c in src.columns)})"
+def keyed(src: Source, seed: int) -> str:
+    """The source with ``__dq_key``: a deterministic pseudo-random UBIGINT per row, ``hash(seed, every
+    column, which copy of its values the row is)``. Identical rows get different keys (the copy
+    number), so they are drawn independently; which copy gets which number does not matter, since
+    the copies are the same: the sample is the same whatever the scan order."""
+    cols = comma(ident(c) for c in src.columns)
+    return (f"(SELECT *, hash({literal(int(seed))}, {cols}, row_number() OVER (PARTITION BY {cols})) AS __dq_key "
+            f"FROM {src.sql})")
 
 
 def _ties(src: Source) -> str:
@@ -103,8 +109,8 @@ def _ties(src: Source) -> str:
 
 def uniform_sql(src: Source, n: int, n_total: int, seed: int, weight: str) -> str:
     """The ``n`` rows with the smallest row key, each weighted ``N / n``."""
-    return (f"SELECT *, {literal(n_total / n)} AS {ident(weight)} FROM {src.sql} "
-            f"ORDER BY {row_key(src, seed)}, {_ties(src)} LIMIT {n}")
+    return (f"SELECT * EXCLUDE (__dq_key), {literal(n_total / n)} AS {ident(weight)} FROM {keyed(src, seed)} "
+            f"ORDER BY __dq_key, {_ties(src)} LIMIT {n}")
 
 
 def _not_null(variables: Sequence[str]) -> str:
@@ -144,14 +150,14 @@ def _osmac(con: duckdb.DuckDBPyConnection, src: Source, n: int, formula: str, se
     elif half0 < r0 - r0 // 2:
         half1 = min(n1, r0 - half0)
     r0 = half1 + half0
-    key = row_key(src, seed)
+    key = "__dq_key"
     cols = comma(ident(c) for c in src.columns)
     wt = ident(weight)
     # 1. pilot: per class, the rows with the smallest key; weight pilot * N_c / n_c (sums to pilot * N)
     pilot_w = (f"CASE WHEN {y} = 1 THEN {literal(r0 * n1 / half1)} "
                f"ELSE {literal(r0 * n0 / half0)} END")
     pilot_rows = con.sql(
-        f"SELECT {cols}, {pilot_w} AS {wt} FROM {src.sql} WHERE {where} "
+        f"SELECT {cols}, {pilot_w} AS {wt} FROM {keyed(src, seed)} WHERE {where} "
         f"QUALIFY row_number() OVER (PARTITION BY {y} ORDER BY {key}, {_ties(src)}) "
         f"<= CASE WHEN {y} = 1 THEN {half1} ELSE {half0} END "
         f"ORDER BY {y} DESC, {key}, {_ties(src)}").to_arrow_table()
@@ -174,8 +180,8 @@ def _osmac(con: duckdb.DuckDBPyConnection, src: Source, n: int, formula: str, se
     norm = "sqrt(" + " + ".join(f"({c}) ^ 2" for c in comps) + ")"
     r = n - r0
     u = float(np.random.default_rng(seed).random())
-    inner = (f"SELECT {cols}, {key} AS __dq_key, {comma(f'{x} AS __dq_x{k}' for k, x in enumerate(xs))}, "
-             f"{y} AS __dq_y FROM {src.sql} WHERE {where}")
+    inner = (f"SELECT {cols}, __dq_key, {comma(f'{x} AS __dq_x{k}' for k, x in enumerate(xs))}, "
+             f"{y} AS __dq_y FROM {keyed(src, seed)} WHERE {where}")
     scored = f"SELECT * EXCLUDE (__dq_y), abs(__dq_y - 1.0 / (1.0 + exp(-({eta})))) * {norm} AS __dq_s FROM ({inner})"
     order = f"__dq_key, {_ties(src)}"
     cum = (f"SELECT *, sum(__dq_s) OVER (ORDER BY {order} ROWS UNBOUNDED PRECEDING) AS __dq_c FROM ({scored})")

@@ -336,9 +336,9 @@ MIN_LEAF_ROWS = 5  # a split keeps at least 5 (q + 1) rows (estimated) on each s
 
 
 def fit_binning(con: duckdb.DuckDBPyConnection, src: Source, spec: SquashSpec,
-                headroom: float = DOUBLE_HEADROOM) -> tuple[Binning, Extent, pa.Table, float, float | None]:
-    """Run the two cheap passes; return the binning, the global extent, the sample rows, the alpha
-    to use (``spec.alpha``, or the one that lands near ``spec.size`` points) and the number of
+                headroom: float = DOUBLE_HEADROOM) -> tuple[Binning, Extent, pa.Table, SquashSpec, float | None]:
+    """Run the two cheap passes; return the binning, the global extent, the sample rows, the spec to
+    generate with (its alpha and exact_covariance chosen to land near ``spec.size``) and the number of
     points predicted from the sample (adaptive regions and ``size=``; else None). ``headroom``:
     the largest |z| a region's units allow (``forest.units``; small for fixed-point sums)."""
     q = spec.quantitative
@@ -380,10 +380,10 @@ def fit_binning(con: duckdb.DuckDBPyConnection, src: Source, spec: SquashSpec,
                       tuple(extent.minimum), tuple(extent.maximum))
     if spec.method == "hyprect":
         binning = replace(binning, **_bin_units(binning, sample, headroom))
-    alpha, predicted = spec.alpha, None
+    alpha, predicted, exact = spec.alpha, None, spec.exact_covariance
     if spec.method == "adaptive" or spec.size is not None:
-        binning, alpha, predicted = _fit_regions(binning, extent, spec, sample_rows, sample, headroom)
-    return binning, extent, sample_rows, alpha, predicted
+        binning, alpha, predicted, exact = _fit_regions(binning, extent, spec, sample_rows, sample, headroom)
+    return binning, extent, sample_rows, replace(spec, alpha=alpha, exact_covariance=exact), predicted
 
 
 def _bin_units(binning: Binning, x: np.ndarray, headroom: float) -> dict:
@@ -407,7 +407,7 @@ def _bin_units(binning: Binning, x: np.ndarray, headroom: float) -> dict:
 
 
 def _fit_regions(binning: Binning, extent: Extent, spec: SquashSpec, rows: pa.Table,
-                 x: np.ndarray, headroom: float) -> tuple[Binning, float, float]:
+                 x: np.ndarray, headroom: float) -> tuple[Binning, float, float, bool]:
     """Adaptive trees (their leaf budget from the default rows per leaf, or searched so that the
     predicted number of points lands on ``spec.size``), the alpha to use, and the points predicted."""
     q, n = len(spec.quantitative), extent.n_rows
@@ -430,7 +430,7 @@ def _fit_regions(binning: Binning, extent: Extent, spec: SquashSpec, rows: pa.Ta
     def wants(rows_per_leaf: float) -> list[int]:
         return [max(1, int(round(growth.cell_rows(c) / rows_per_leaf))) for c in range(growth.cells.num_rows)]
 
-    def predicted(rows_per_leaf: float, alpha: float) -> float:
+    def predicted(rows_per_leaf: float, alpha: float, exact: bool = spec.exact_covariance) -> float:
         """Points the squash would make: tree leaves, cells without a tree, incomplete rows' regions."""
         sizes, dims = [], []
         treed = np.zeros(cells.num_rows, dtype=bool)
@@ -438,7 +438,8 @@ def _fit_regions(binning: Binning, extent: Extent, spec: SquashSpec, rows: pa.Ta
             for c, want in enumerate(wants(rows_per_leaf)):
                 for i in growth.leaves(c, want):
                     sizes.append(growth.nodes[c][i][3] * w)
-                    dims.append(growth.nodes[c][i][4])
+                    # a leaf whose sampled rows share their values may still vary in the table
+                    dims.append(growth.nodes[c][i][4] if w <= 1 else max(growth.nodes[c][i][4], 1))
             treed[growth.kept] = True
         sizes += list(counts[~treed])
         dims += [q] * int((~treed).sum())
@@ -446,19 +447,21 @@ def _fit_regions(binning: Binning, extent: Extent, spec: SquashSpec, rows: pa.Ta
         dims += [q] * len(incomplete)
         from .points import n_points  # noqa: PLC0415 - tiny module, imported where the rule applies
 
-        return float(n_points(np.array(sizes), np.array(dims), alpha, spec.method, spec.exact_covariance).sum())
+        return float(n_points(np.array(sizes), np.array(dims), alpha, spec.method, exact).sum())
 
-    rows_per_leaf, alpha = default_rows, spec.alpha
+    rows_per_leaf, alpha, exact = default_rows, spec.alpha, spec.exact_covariance
     if spec.size is not None:
-        rows_per_leaf, alpha = _search_size(predicted, spec, n, cells.num_rows + len(incomplete),
-                                            growth is not None)
+        rows_per_leaf, alpha, exact = _search_size(predicted, spec, n, cells.num_rows + len(incomplete),
+                                                   growth is not None)
     if growth is not None:
         binning = replace(binning, forest=growth.build(wants(rows_per_leaf), headroom))
-    return binning, alpha, predicted(rows_per_leaf, alpha)
+    return binning, alpha, predicted(rows_per_leaf, alpha, exact), exact
 
 
-def _search_size(predicted, spec: SquashSpec, n: int, n_cells: int, trees: bool) -> tuple[float, float]:
-    """Rows per leaf and alpha whose predicted points land nearest ``spec.size``."""
+def _search_size(predicted, spec: SquashSpec, n: int, n_cells: int, trees: bool) -> tuple[float, float, bool]:
+    """Rows per leaf, alpha and whether covariances stay exact, so that the predicted points land
+    nearest ``spec.size``: fewer, larger regions first; when even one region per cell holding its
+    covariance is too many points, fewer points per region (means and variances exact)."""
     size = spec.size
     if n_cells > size:
         raise InputError(f"size={size:,} is below the number of categorical cells and missing-value patterns "
@@ -472,8 +475,8 @@ def _search_size(predicted, spec: SquashSpec, n: int, n_cells: int, trees: bool)
         a_lo, a_hi = 0.0, alpha
         for _ in range(40):
             mid = (a_lo + a_hi) / 2
-            a_lo, a_hi = (mid, a_hi) if predicted(hi_r, mid) <= size else (a_lo, mid)
-        return hi_r, a_lo
+            a_lo, a_hi = (mid, a_hi) if predicted(hi_r, mid, False) <= size else (a_lo, mid)
+        return hi_r, a_lo, False
     if not trees or predicted(lo_r, alpha) < size:  # regions cannot shrink further: more points per region
         r = lo_r if trees else hi_r
         a_lo, a_hi = alpha, alpha
@@ -482,11 +485,11 @@ def _search_size(predicted, spec: SquashSpec, n: int, n_cells: int, trees: bool)
         for _ in range(40):
             mid = (a_lo + a_hi) / 2
             a_lo, a_hi = (mid, a_hi) if predicted(r, mid) <= size else (a_lo, mid)
-        return r, a_lo
+        return r, a_lo, spec.exact_covariance
     for _ in range(40):  # geometric bisection on rows per leaf
         mid = math.sqrt(lo_r * hi_r)
         lo_r, hi_r = (lo_r, mid) if predicted(mid, alpha) <= size else (mid, hi_r)
-    return hi_r, alpha
+    return hi_r, alpha, spec.exact_covariance
 
 
 def _cells(rows: pa.Table, categorical: tuple[str, ...]) -> tuple[pa.Table, np.ndarray]:
