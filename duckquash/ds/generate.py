@@ -149,12 +149,22 @@ def generate(moments: MomentTable, binning: Binning, spec: SquashSpec, fetch_row
                                          m[fit], samples, seed=spec.seed, iters=spec.max_iter)
         x = center[fit][rid] + scale[fit][rid] * pts
         x = np.clip(x, lo_x[fit][rid], hi_x[fit][rid])
-        pieces_reg.append(fit[rid])
-        pieces_x.append(x)
-        pieces_w.append(w)
         kind[fit] = diag["method"]
         err2[fit] = diag["err2"] * solver.EXACT_TOL
         rms34[fit] = np.nan_to_num(diag["rms34"])
+        # where the solver could not match a region but its rows are at hand, the rows are the answer
+        fallback = fit[(diag["method"] == "inexact") & (n[fit] <= fetch_rows)] if has_rows else fit[:0]
+        keep = ~np.isin(fit[rid], fallback)
+        pieces_reg.append(fit[rid][keep])
+        pieces_x.append(x[keep])
+        pieces_w.append(w[keep])
+        if fallback.size:
+            lists = tbl.column(ROWS_COL).take(pa.array(fallback)).to_pylist()
+            pieces_reg.append(np.repeat(fallback, [len(v) for v in lists]))
+            pieces_x.append(np.array([r for v in lists for r in v], dtype=float).reshape(-1, q))
+            pieces_w.append(np.ones(len(pieces_reg[-1])))
+            kind[fallback] = "rows"
+            err2[fallback] = rms34[fallback] = 0.0
     rid = np.concatenate(pieces_reg)
     order = np.argsort(rid, kind="stable")
     rid = rid[order]

@@ -80,15 +80,17 @@ def install(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
         owner = owner_ref()
         if owner is None:
             raise RuntimeError("the connection that installed squash() is closed")
-        if src is None:
-            raise InputError("squash() needs a source: a table, view, file path or one SELECT")
+        nulls = [k for k, v in (("src", src), ("method", method if method is not None else ""), ("alpha", alpha),
+                                 ("weight", weight), ("seed", seed)) if v is None]
+        if nulls:
+            raise InputError(f"squash(): {', '.join(nulls)} must not be NULL (src: a table, view, file path or one "
+                             "SELECT; leave other arguments out for their defaults)")
         if isinstance(method, str) and method.lower() == "lds":
             spec = make_spec("lds", weight=weight, seed=int(seed), formula=formula, size=int(size), family=family,
                              iterations=int(iterations), init=init, profiles=profiles, refine=bool(refine))
         else:
             spec = make_spec(method, categorical=tuple(categorical or ()), quantitative=tuple(quantitative or ()),
-                             alpha=1.0 if alpha is None else alpha, bins=bins, layers=layers,
-                             weight="weight" if weight is None else weight, seed=0 if seed is None else int(seed),
+                             alpha=alpha, bins=bins, layers=layers, weight=weight, seed=int(seed),
                              size=int(size) if size else None)
         cur = owner.cursor()
         try:

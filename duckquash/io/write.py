@@ -1,8 +1,10 @@
 """Write back: put an Arrow table into the database or a file, whole or not at all."""
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
+import time
 from typing import Sequence
 
 import duckdb
@@ -24,7 +26,9 @@ def table_name(into: str | Sequence[str]) -> tuple[str, ...]:
     elif isinstance(into, (tuple, list)):
         parts = tuple(into)
     else:
-        raise InputError(f"into must be a table name (str) or a tuple of name parts, got {type(into).__name__}")
+        raise InputError(f"into must be a table name (str) or a tuple of name parts, got {into!r} "
+                         f"({type(into).__name__})" if isinstance(into, (int, float, bool)) or into is None else
+                         f"into must be a table name (str) or a tuple of name parts, got {type(into).__name__}")
     if not parts or not all(isinstance(p, str) and p for p in parts) or len(parts) > 3:
         raise InputError(f"output table must be a name or (schema, name) tuple, got {into!r}")
     reserved = [p for p in parts if p.startswith(PREFIX)]
@@ -96,11 +100,27 @@ def check_file_target(path: str, replace: bool) -> None:
         raise OutputExistsError(f"output file {path!r} already exists; pass replace=True to overwrite it")
 
 
+STALE_SECONDS = 3600  # a temporary output file older than this was left by a killed writer
+
+
+def _remove_stale(folder: str) -> None:
+    """Remove ``.duckquash-*`` temporary files a killed writer left in ``folder`` (older than an hour:
+    a fresh one may belong to a writer still running)."""
+    now = time.time()
+    for p in glob.glob(os.path.join(glob.escape(folder), ".duckquash-*")):
+        try:
+            if now - os.path.getmtime(p) > STALE_SECONDS:
+                os.unlink(p)
+        except OSError:
+            pass
+
+
 def write_file(con: duckdb.DuckDBPyConnection, data: pa.Table, path: str, replace: bool) -> None:
     """Write to a temporary file beside ``path``, then rename it into place."""
     check_file_target(path, replace)
     fmt = file_format(path)
     folder = os.path.dirname(os.path.abspath(path))
+    _remove_stale(folder)
     fd, tmp = tempfile.mkstemp(prefix=".duckquash-", suffix=os.path.splitext(path)[1], dir=folder)
     os.close(fd)
     view = temp_name("out")

@@ -84,13 +84,15 @@ def _pass(con, from_sql: str, design: Design, family: str, w_sql: str, beta: np.
         # validation rides along: GROUP BY the completeness flag (FILTER on every sum is ~10x slower)
         bad_y = fam.response_check_sql(family, "__y")
         aggs += ["sum(CAST(COALESCE(__f < 0 OR NOT isfinite(__f), TRUE) AS BIGINT))",
-                 f"sum(CAST(COALESCE({bad_y}, FALSE) AS BIGINT))" if bad_y else "0"]
+                 f"sum(CAST(COALESCE({bad_y}, FALSE) AS BIGINT))" if bad_y else "0",
+                 "sum(CAST(COALESCE(isinf(__y), FALSE) AS BIGINT))"]
         groups = {g[0]: g[1:] for g in con.execute(f"SELECT __ok, {comma(aggs)} FROM ({top}) GROUP BY __ok").fetchall()}
         good, bad = groups.get(True), groups.get(False)
         checks = {"rows_total": sum(int(g[nsum - 5]) for g in groups.values()),
                   "rows_dropped": int(bad[nsum - 5]) if bad else 0,
                   "bad_weight": sum(int(g[nsum]) for g in groups.values()),
-                  "bad_response": int(good[nsum + 1]) if good else 0}
+                  "bad_response": int(good[nsum + 1]) if good else 0,
+                  "inf_response": sum(int(g[nsum + 2]) for g in groups.values())}
         row = good[:nsum] if good else [None] * nsum
     vals = [float("nan") if v is None else float(v) for v in row]
     ntri = k * (k + 1) // 2
@@ -249,6 +251,9 @@ def fit_design(con: duckdb.DuckDBPyConnection, from_sql: str, design: Design, fa
     if sums.rows == 0:
         raise InputError(f"no complete rows: all {int(c['rows_total']):,} rows have a missing value in "
                          f"{list(design.variables)}")
+    if c["inf_response"] > 0:
+        raise InputError(f"the response {design.response_name!r} has {int(c['inf_response']):,} infinite value(s); "
+                         "remove or recode them (NULL and NaN rows are dropped as missing)")
     if c["bad_response"] > 0:
         need = "0 or 1" if family == "binomial" else "non-negative"
         raise InputError(f"the {family} response {design.response_name!r} must be {need}; "

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..ds.moments import exponents, reframe
-from ..ds.plan import SquashPlan, double_sql
+from ..ds.plan import double_sql
 from ..errors import InputError, NotFromMoments
 from ..io.transaction import registered
 from ..model.families import gaussian_llf
@@ -24,7 +24,7 @@ from ..model.linalg import inverse, scaled_factor, solve
 from ..model.results import GLMResults
 from ..sql.names import MISS, N_COL, bin_col, moment_col
 from ..sql.quote import comma, ident
-from .storage import ViewNames, read_meta
+from .storage import ViewNames, read_meta, stored_plan
 
 
 def _probe_points(q: int, n: int) -> np.ndarray:
@@ -54,7 +54,7 @@ def glm_from_moments(con: duckdb.DuckDBPyConnection, name: str | Sequence[str], 
         ``weight_note`` says the fit was answered from the moments; ``n_passes`` is 0.
     """
     names = ViewNames.of(name)
-    plan = SquashPlan.from_json(read_meta(con, names)["plan"])
+    plan, _ = stored_plan(names, read_meta(con, names))
     spec, binning = plan.spec, plan.binning
     design = build_design(con, names.view, formula, levels=levels)
     if design.response is None:

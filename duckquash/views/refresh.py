@@ -24,7 +24,7 @@ from ..sql.names import N_COL, OLD_REGION, REGION
 from ..sql.quote import comma, ident
 from .build import build
 from .storage import (BATCH_COLUMNS, BatchStats, ViewNames, batch_row, batch_stats, check_types, fingerprint,
-                      log_batch, points_table, read_meta, source_record)
+                      log_batch, points_table, read_meta, source_record, stored_plan)
 from .update import update_in_place
 
 
@@ -102,8 +102,7 @@ def refresh(con: duckdb.DuckDBPyConnection, name: str | Sequence[str], new_rows:
     names = ViewNames.of(name)
     refuse_open_transaction(con, "refresh()")
     meta = read_meta(con, names)
-    plan = SquashPlan.from_json(meta["plan"])
-    version = int(meta["version"])
+    plan, version = stored_plan(names, meta)
     if isinstance(max_update_share, bool) or not isinstance(max_update_share, (int, float)) \
             or not 0 <= max_update_share <= 1:
         raise InputError(f"max_update_share must be a number in [0, 1], got {max_update_share!r}")
@@ -116,13 +115,15 @@ def refresh(con: duckdb.DuckDBPyConnection, name: str | Sequence[str], new_rows:
     try:
         check_types(src, plan)
         stats = batch_stats(con, src, plan)
-        log = con.execute(f"SELECT batch_id, fingerprint FROM {names.q('__batches')}").fetchall()
+        log = con.execute(f"SELECT batch_id, fingerprint FROM {names.q('__batches')} ORDER BY seq").fetchall()
         if batch_id is not None and batch_id in {b for b, _ in log}:
             raise InputError(f"batch {batch_id!r} was already folded into {names.label!r}; nothing changed")
-        dup = [b for b, f in log if f == stats.fingerprint]
+        dup = [(i, b) for i, (b, f) in enumerate(log) if f == stats.fingerprint]
         if dup and stats.n_rows:
+            seq, which = dup[0]
+            name = f"batch {which!r}" if which is not None else f"batch #{seq} (no id)"
             raise InputError(f"these {stats.n_rows:,} rows were already folded into {names.label!r} "
-                             f"(same content as batch {dup[0]!r}); nothing changed")
+                             f"(same content as {name}); nothing changed")
         drift = stats.n_outside / stats.n_rows if stats.n_rows else 0.0
         by_col = {c: (stats.outside[j] / stats.n_rows if stats.n_rows else 0.0)
                   for j, c in enumerate(plan.binning.quantitative)}
@@ -235,7 +236,7 @@ def _rebin(con: duckdb.DuckDBPyConnection, names: ViewNames, meta: dict, plan: S
             parts.append(f"SELECT {cols} FROM {s.sql}")
         parts.append(f"SELECT {cols} FROM {src.sql}")
         union = Source("(" + " UNION ALL ".join(parts) + ")", dict(plan.column_types), "all recorded sources")
-        version = int(meta["version"])
+        _, version = stored_plan(names, meta)
         new_rows = [list(r) for r in rows] + [batch_row(len(rows), batch_id, stats.fingerprint, record, stats.n_rows,
                                                         stats.n_outside, 0)]
         t0 = time.perf_counter()

@@ -82,9 +82,23 @@ def is_view(con: duckdb.DuckDBPyConnection, name: object) -> bool:
         return False
 
 
+def stored_plan(names: ViewNames, meta: dict[str, str]) -> tuple[SquashPlan, int]:
+    """The view's plan and version from its metadata; an error naming the view if they are damaged."""
+    try:
+        plan = SquashPlan.from_json(meta["plan"])
+        version = int(meta["version"])
+    except InputError as e:
+        raise InputError(f"materialised view {names.label!r}: {e}") from None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:  # JSON errors are ValueErrors
+        raise InputError(f"materialised view {names.label!r}: its metadata ({names.label}__meta) is damaged "
+                         f"({type(e).__name__}: {e}); materialize the view again") from None
+    return plan, version
+
+
 def view_plan(con: duckdb.DuckDBPyConnection, name: str | Sequence[str]) -> SquashPlan:
     """The stored plan of a materialised view: emit partition moment SQL with it (``plan.moment_sql``)."""
-    return SquashPlan.from_json(read_meta(con, ViewNames.of(name))["plan"]).install(con)
+    names = ViewNames.of(name)
+    return stored_plan(names, read_meta(con, names))[0].install(con)
 
 
 def source_record(source: object, src: Source) -> dict:
