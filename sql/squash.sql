@@ -27,4 +27,4 @@ CREATE OR REPLACE TEMP MACRO squash(
                                      method::VARCHAR, alpha::DOUBLE, weight::VARCHAR, seed::BIGINT,
                                      bins::INTEGER, layers::INTEGER, formula::VARCHAR, family::VARCHAR,
                                      size::BIGINT, iterations::INTEGER, init::VARCHAR, profiles::VARCHAR,
-                                     refine::BOOLEAN));
+                                     refine::BOOLEAN, txid_current()::BIGINT));

@@ -8,12 +8,14 @@ visible to the calling statement (it runs in its own transaction); a file is.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 import uuid
 import weakref
+from dataclasses import dataclass, field
 from importlib import resources
 
 import duckdb
@@ -27,15 +29,15 @@ from ..views.refresh import refresh
 _UDF = "__dq_squash_file"
 
 
-def _macro_sql() -> str:
-    """The macro text from the top-level ``sql/`` folder (installed as ``duckquash.macros``)."""
-    return resources.files("duckquash.macros").joinpath("squash.sql").read_text(encoding="utf-8")
+def _macro_sql(name: str) -> str:
+    """A macro's text from the top-level ``sql/`` folder (installed as ``duckquash.macros``)."""
+    return resources.files("duckquash.macros").joinpath(name).read_text(encoding="utf-8")
 
 
 _REFRESH_UDF = "__dq_refresh_view"
 
 
-def _install_refresh(con: duckdb.DuckDBPyConnection, owner_ref) -> str:
+def _install_refresh(con: duckdb.DuckDBPyConnection, state: "_Installed") -> str:
     """Register ``squash_refresh(name, src, batch_id := NULL, rebin := false)`` on ``con``; returns the UDF name.
 
     The refresh runs on a cursor in its own transaction and is committed when the CALL returns,
@@ -43,12 +45,10 @@ def _install_refresh(con: duckdb.DuckDBPyConnection, owner_ref) -> str:
     transaction that touched the view's tables). The UDF is volatile: it runs once per CALL.
     """
     def run(name: str, src: str, batch_id: str | None, rebin: bool | None) -> str:
-        owner = owner_ref()
-        if owner is None:
-            raise RuntimeError("the connection that installed squash_refresh() is closed")
+        owner = state.owner()
         if name is None or src is None:
             raise InputError("squash_refresh needs a view name and a source of new rows")
-        cur = owner.cursor()
+        cur = _plain_cursor(owner)
         try:
             rep = refresh(cur, name, src, batch_id=batch_id, rebin=bool(rebin))
         finally:
@@ -59,27 +59,101 @@ def _install_refresh(con: duckdb.DuckDBPyConnection, owner_ref) -> str:
 
     con.create_function(_REFRESH_UDF, run, [VARCHAR, VARCHAR, VARCHAR, BOOLEAN], VARCHAR,
                         null_handling="special", side_effects=True)
-    text = resources.files("duckquash.macros").joinpath("views.sql").read_text(encoding="utf-8")
-    con.execute(text.replace("{udf}", _REFRESH_UDF))
     return _REFRESH_UDF
 
 
-def install(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
-    """Make ``squash(...)`` callable from SQL on ``con``; returns ``con``.
+@dataclass
+class _Installed:
+    """What ``install`` set up on one connection: the folder of its SQL results and the last ones."""
 
-    Inside SQL the pipeline reads through a separate cursor: it sees committed tables and views,
-    files and queries, but not this connection's TEMP tables or uncommitted rows.
+    folder: str
+    owners: list = field(default_factory=list)  # weak references to the connections and cursors installed
+    txid: int | None = None  # the statement (transaction) the files below belong to
+    files: list[str] = field(default_factory=list)
+
+    def owner(self) -> duckdb.DuckDBPyConnection:
+        """A live installed connection to run the pipeline on (through a cursor of its own)."""
+        for ref in self.owners:
+            con = ref()
+            if con is not None:
+                return con
+        raise RuntimeError("every connection that installed squash() is closed")
+
+    def new_result(self, txid: int) -> str:
+        """A path for the next result file. Files of earlier statements are removed first: a statement
+        has read its squash() results once it ended, and a new statement has a new transaction id
+        (two squash() calls in one statement share it, so neither file goes early)."""
+        if txid != self.txid:
+            for p in self.files:
+                with contextlib.suppress(OSError):
+                    os.unlink(p)
+            self.files, self.txid = [], txid
+        path = os.path.join(self.folder, f"{uuid.uuid4().hex}.parquet")
+        self.files.append(path)
+        return path
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+_INSTALLED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_ORIGINAL: dict[str, object] = {}
+
+
+def _plain_cursor(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """A cursor without installing anything on it (the pipeline's own work)."""
+    return _ORIGINAL.get("cursor", duckdb.DuckDBPyConnection.cursor)(con)
+
+
+def _patch_connections() -> None:
+    """Once per process: cursors of an installed connection are installed too (so ``CALL squash``
+    works on every cursor and thread), and closing an installed connection removes its files."""
+    if _ORIGINAL:
+        return
+    _ORIGINAL["cursor"], _ORIGINAL["close"] = duckdb.DuckDBPyConnection.cursor, duckdb.DuckDBPyConnection.close
+
+    def cursor(self, *args, **kwargs):
+        cur = _ORIGINAL["cursor"](self, *args, **kwargs)
+        return install(cur, _shared=_INSTALLED[self][0]) if self in _INSTALLED else cur
+
+    def close(self, *args, **kwargs):
+        done = _INSTALLED.pop(self, None)
+        try:
+            return _ORIGINAL["close"](self, *args, **kwargs)
+        finally:
+            if done is not None and done[1]:  # the connection that made the folder removes it
+                done[0].remove()
+
+    duckdb.DuckDBPyConnection.cursor, duckdb.DuckDBPyConnection.close = cursor, close
+    atexit.register(lambda: [state.remove() for state, _ in list(_INSTALLED.values())])
+
+
+def install(con: duckdb.DuckDBPyConnection, *, _shared: _Installed | None = None) -> duckdb.DuckDBPyConnection:
+    """Make ``squash(...)`` and ``squash_refresh(...)`` callable from SQL on ``con``; returns ``con``.
+
+    Idempotent; works on cursors, and every cursor later made from an installed connection is
+    installed too (DuckDB's Python API registers functions per connection; duckquash wraps
+    ``DuckDBPyConnection.cursor`` and ``close`` once to follow them). Inside SQL the pipeline
+    reads through a separate cursor: it sees committed tables and views, files and queries, but
+    not this connection's TEMP tables or uncommitted rows. Result files live in a private
+    temporary folder: a statement's files are removed by the next statement's squash() call, and
+    the folder when the connection is closed (or the process exits).
     """
-    folder = tempfile.mkdtemp(prefix="duckquash-sql-")
-    owner_ref = weakref.ref(con)
+    if con in _INSTALLED:
+        return con
+    _patch_connections()
+    if _shared is not None:  # a cursor of an installed connection: the functions are the database's already
+        _shared.owners.append(weakref.ref(con))
+        _macros(con)
+        _INSTALLED[con] = (_shared, False)
+        return con
+    state = _Installed(tempfile.mkdtemp(prefix="duckquash-sql-"), [weakref.ref(con)])
 
     def run(src: str, categorical: list, quantitative: list, method: str, alpha: float, weight: str,
             seed: int, bins: int, layers: int, formula: str | None = None, family: str = "binomial",
             size: int = 0, iterations: int = 1, init: str = "sample", profiles: str = "auto",
-            refine: bool = False) -> str:
-        owner = owner_ref()
-        if owner is None:
-            raise RuntimeError("the connection that installed squash() is closed")
+            refine: bool = False, txid: int = 0) -> str:
+        owner = state.owner()
         nulls = [k for k, v in (("src", src), ("method", method if method is not None else ""), ("alpha", alpha),
                                  ("weight", weight), ("seed", seed)) if v is None]
         if nulls:
@@ -92,7 +166,7 @@ def install(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
             spec = make_spec(method, categorical=tuple(categorical or ()), quantitative=tuple(quantitative or ()),
                              alpha=alpha, bins=bins, layers=layers, weight=weight, seed=int(seed),
                              size=int(size) if size else None)
-        cur = owner.cursor()
+        cur = _plain_cursor(owner)
         try:
             try:
                 data, _ = squash_to_arrow(cur, src, spec)
@@ -100,31 +174,29 @@ def install(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
                 raise SourceNotFoundError(
                     f"{e} (squash() in SQL reads committed data through a separate cursor: "
                     "TEMP tables and uncommitted rows are not visible to it)") from None
-            path = os.path.join(folder, f"{uuid.uuid4().hex}.parquet")
+            path = state.new_result(int(txid or 0))
             write_file(cur, data, path, replace=False)
             return path
         finally:
             cur.close()
 
     names = duckdb.list_type(VARCHAR)
+    for udf in (_UDF, _REFRESH_UDF):  # another connection to this database may have left them: replace
+        with contextlib.suppress(duckdb.Error):
+            con.remove_function(udf)
     con.create_function(_UDF, run, [VARCHAR, names, names, VARCHAR, DOUBLE, VARCHAR, BIGINT, INTEGER, INTEGER,
-                                    VARCHAR, VARCHAR, BIGINT, INTEGER, VARCHAR, VARCHAR, BOOLEAN], VARCHAR,
+                                    VARCHAR, VARCHAR, BIGINT, INTEGER, VARCHAR, VARCHAR, BOOLEAN, BIGINT], VARCHAR,
                         null_handling="special")
-    con.execute(_macro_sql().replace("{udf}", _UDF))
-    udfs = [_UDF, _install_refresh(con, owner_ref)]
-
-    def cleanup(ref=owner_ref) -> None:
-        shutil.rmtree(folder, ignore_errors=True)
-        owner = ref()
-        if owner is not None:
-            try:
-                for udf in udfs:
-                    owner.remove_function(udf)
-            except Exception:  # connection already closed
-                pass
-
-    atexit.register(cleanup)
+    _install_refresh(con, state)
+    _macros(con)
+    _INSTALLED[con] = (state, True)
     return con
+
+
+def _macros(con: duckdb.DuckDBPyConnection) -> None:
+    """The TEMP macros ``squash`` and ``squash_refresh`` (``sql/*.sql``) on ``con``."""
+    con.execute(_macro_sql("squash.sql").replace("{udf}", _UDF))
+    con.execute(_macro_sql("views.sql").replace("{udf}", _REFRESH_UDF))
 
 
 def connect(database: str = ":memory:", **kwargs) -> duckdb.DuckDBPyConnection:
