@@ -120,26 +120,44 @@ def _squash(args: argparse.Namespace) -> int:
         con = duckdb.connect()
         source = args.input
     # check the output before the expensive passes; the writers check again when writing
-    if db_out is None:
-        same_file = db_in is None and not glob.has_magic(args.input) and \
-            os.path.abspath(args.input) == os.path.abspath(args.output)
-        if same_file:
-            raise DuckquashError(f"the output {args.output!r} is the input file itself; write the result elsewhere")
-        check_file_target(args.output, args.replace)
-    else:
-        out_con = con if same_db else duckdb.connect(db_out[0])
-        parts = table_name(db_out[1])
-        check_table_target(out_con, parts, args.replace)
-        if same_db:
-            refuse_replacing_source(con, source, parts)
-    t0 = time.perf_counter()
-    data, report = squash_to_arrow(con, source, spec, show_progress=not args.quiet)
-    t1 = time.perf_counter()
-    if db_out is None:
-        write_file(con, data, args.output, args.replace)
-    else:
-        write_table(out_con, data, parts, args.replace)
-    report.timings["write"] = time.perf_counter() - t1
+    _check_folder(db_out[0] if db_out is not None else args.output)
+    created = db_out is not None and not os.path.exists(db_out[0])
+    try:
+        return _squash_run(args, spec, con, source, db_in, db_out, same_db)
+    except BaseException:
+        if created:  # a database file this run created is removed with the failed run
+            for p in (db_out[0], db_out[0] + ".wal"):
+                if os.path.exists(p):
+                    os.unlink(p)
+        raise
+
+
+def _squash_run(args, spec, con, source, db_in, db_out, same_db) -> int:
+    out_con = None
+    try:
+        if db_out is None:
+            same_file = db_in is None and not glob.has_magic(args.input) and \
+                os.path.abspath(args.input) == os.path.abspath(args.output)
+            if same_file:
+                raise DuckquashError(f"the output {args.output!r} is the input file itself; write the result elsewhere")
+            check_file_target(args.output, args.replace)
+        else:
+            out_con = con if same_db else duckdb.connect(db_out[0])
+            parts = table_name(db_out[1])
+            check_table_target(out_con, parts, args.replace)
+            if same_db:
+                refuse_replacing_source(con, source, parts)
+        t0 = time.perf_counter()
+        data, report = squash_to_arrow(con, source, spec, show_progress=not args.quiet)
+        t1 = time.perf_counter()
+        if db_out is None:
+            write_file(con, data, args.output, args.replace)
+        else:
+            write_table(out_con, data, parts, args.replace)
+        report.timings["write"] = time.perf_counter() - t1
+    finally:
+        if out_con is not None and out_con is not con:
+            out_con.close()
     if not args.quiet:
         print(f"squashed {args.input} -> {args.output} in {time.perf_counter() - t0:.2f}s", file=sys.stderr)
         print(report.summary(), file=sys.stderr)
@@ -181,11 +199,28 @@ def _evaluate(args: argparse.Namespace) -> None:
     ev = evaluate(con, strip(args.full), {k: strip(v) for k, v in reduced.items()}, args.formula, args.family,
                   plot=args.plot, weight=args.weight)
     print(ev.to_markdown() if args.markdown else str(ev))
-def _view_con(view: str) -> tuple[duckdb.DuckDBPyConnection, str]:
+def _view_con(view: str, create: bool) -> tuple[duckdb.DuckDBPyConnection, str]:
+    """The database of ``db.duckdb:name`` (``create``: it may be a new file) and the view's name."""
     target = _split_db(view)
     if target is None:
         raise DuckquashError(f"a view must be given as db.duckdb:name, got {view!r}")
+    if not create and not os.path.exists(target[0]):
+        raise DuckquashError(f"database file {target[0]!r} does not exist")
+    _check_folder(target[0])
     return duckdb.connect(target[0]), target[1]
+
+
+def _check_folder(path: str) -> None:
+    """An output's folder must exist (checked before any work, not after the whole run)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise DuckquashError(f"the folder of {path!r} does not exist: {folder!r}")
+
+
+def _is_interrupt(e: BaseException) -> bool:
+    """Ctrl-C during a DuckDB query arrives as DuckDB's interrupt error, not KeyboardInterrupt."""
+    return isinstance(e, (KeyboardInterrupt, getattr(duckdb, "InterruptException", KeyboardInterrupt))) or (
+        isinstance(e, RuntimeError) and "interrupt" in str(e).lower())
 
 
 def _local_source(con_db: str, arg: str) -> str:
@@ -201,7 +236,7 @@ def _local_source(con_db: str, arg: str) -> str:
 def _materialize(args: argparse.Namespace) -> None:
     from ..views.build import materialize
 
-    con, name = _view_con(args.view)
+    con, name = _view_con(args.view, create=True)
     try:
         res = materialize(con, name, _local_source(_split_db(args.view)[0], args.input),
                           categorical=args.categorical, quantitative=args.quantitative, method=args.method,
@@ -216,7 +251,7 @@ def _materialize(args: argparse.Namespace) -> None:
 def _refresh(args: argparse.Namespace) -> None:
     from ..views.refresh import refresh
 
-    con, name = _view_con(args.view)
+    con, name = _view_con(args.view, create=False)
     try:
         rep = refresh(con, name, _local_source(_split_db(args.view)[0], args.new_rows),
                       batch_id=args.batch_id, rebin=args.rebin)
@@ -241,12 +276,14 @@ def main(argv: list[str] | None = None) -> int:
             from .demo import run_demo
 
             run_demo(args.rows)
-    except (DuckquashError, duckdb.Error, OSError) as e:
-        print(f"duckquash: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("duckquash: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    except BaseException as e:  # noqa: BLE001 - every failure ends with a message and a status, no traceback
+        if _is_interrupt(e):
+            print("duckquash: interrupted; nothing was written", file=sys.stderr)
+            return 130
+        if isinstance(e, (DuckquashError, duckdb.Error, OSError)):
+            print(f"duckquash: error: {e}", file=sys.stderr)
+            return 2
+        raise
     return 0
 
 
