@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..model.families import loglik_sql
+from ..model.families import loglik_sql, mean_sql
 from ..sql.build import linear_predictor
 from ..sql.names import PREFIX as _P
 from ..sql.quote import comma, ident, literal
@@ -112,7 +112,8 @@ def second_order_plan(exact: np.ndarray, lean: np.ndarray, full: np.ndarray, spr
 
 def coords_sql(m: Model, family: str, theta0: np.ndarray, offsets: np.ndarray, basis: Basis, from_sql: str,
                 carry: list[str], quad: np.ndarray | None = None) -> str:
-    """Add the profile coordinates ``__dq_c{r}`` = ((P B)_r - mu_r) / sd_r without spelling out P.
+    """Add the profile coordinates ``__dq_c{r}`` = ((P B)_r - mu_r) / sd_r without spelling out P, and
+    the row's response residual at theta_0, ``__dq_r`` = y - A'(eta_0) (its score at theta_0 is r x).
 
     Every family's row log-likelihood is l(eta) = y eta - A(eta) - c(y) (binomial: A = softplus,
     c = 0; poisson: A = exp, c = lgamma(y + 1); gaussian: A = eta^2 / 2, c = (y^2 + log 2 pi) / 2),
@@ -167,9 +168,9 @@ def coords_sql(m: Model, family: str, theta0: np.ndarray, offsets: np.ndarray, b
     lin = (f"SELECT {comma(keep)}, {_P}y, {_P}x, list_dot_product({_P}x, {list_sql(theta0)}) AS {_P}e0"
            + "".join(f", {g}" for g in gs) + f" FROM ({inner})")
     yx = f"[{comma(f'{_P}y * {x}' for x in xs)}]"
-    prof = (f"SELECT {comma(keep)}, list_concat({yx}, list_transform([{comma(etas)}], lambda v: {A})) AS {_P}pw"
-            + (f", {cy} AS {_P}cy" if cy else "") + f" FROM ({lin})")
-    return f"SELECT {comma(keep)}, {comma(cexpr)} FROM ({prof})"
+    prof = (f"SELECT {comma(keep)}, list_concat({yx}, list_transform([{comma(etas)}], lambda v: {A})) AS {_P}pw, "
+            f"{_P}y - {mean_sql(family, f'{_P}e0')} AS {_P}r" + (f", {cy} AS {_P}cy" if cy else "") + f" FROM ({lin})")
+    return f"SELECT {comma(keep)}, {comma(cexpr)}, {_P}r FROM ({prof})"
 
 
 def second_order_sql(family: str, theta0: np.ndarray, offsets: np.ndarray, basis: Basis, quad: np.ndarray,
@@ -214,4 +215,4 @@ def second_order_sql(family: str, theta0: np.ndarray, offsets: np.ndarray, basis
         terms.append(literal(-float(basis.mu[r] / basis.sd[r])))
         cexpr.append(f"({' + '.join(terms)}) AS {_P}c{r}")
     body = f"SELECT *, {derivs}" + "".join(f", {d}" for d in dots) + f" FROM ({pre})"
-    return f"SELECT {comma(keep)}, {comma(cexpr)} FROM ({body})"
+    return f"SELECT {comma(keep)}, {comma(cexpr)}, {_P}y - {_P}a1 AS {_P}r FROM ({body})"

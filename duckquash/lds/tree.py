@@ -18,11 +18,13 @@ from ..sql.names import PREFIX as _P
 class Tree:
     """A k-d tree over profile coordinates, one root per cell.
 
-    ``nodes``: internal nodes (id, dim (1-based), first child id, thresholds padded with +inf)."""
+    ``nodes``: internal nodes (id, dim (1-based), first child id, thresholds padded with +inf);
+    ``leaf_of``: the leaf (node id) of each row the tree was fitted to."""
 
     nodes: list
     depth: int
     leaves: int
+    leaf_of: np.ndarray | None = None
 
 
 def allocate(cells: list[tuple[int, int]], size: int, sample_counts: dict[int, int]) -> dict[int, int]:
@@ -43,8 +45,11 @@ def fit_tree(coords: np.ndarray, cells: np.ndarray, leaves: dict[int, int], n_ce
     depth = [0]
     total = [0]
 
+    leaf_of = np.full(coords.shape[0], -1, dtype=np.int64)
+
     def build(node: int, rows: np.ndarray, want: int, level: int) -> None:
         if want <= 1 or rows.size < 2:
+            leaf_of[rows] = node
             total[0] += 1
             depth[0] = max(depth[0], level)
             return
@@ -67,7 +72,7 @@ def fit_tree(coords: np.ndarray, cells: np.ndarray, leaves: dict[int, int], n_ce
 
     for cid in range(n_cells):
         build(cid, np.flatnonzero(cells == cid), leaves.get(cid, 1), 0)
-    return Tree(nodes, depth[0], total[0])
+    return Tree(nodes, depth[0], total[0], leaf_of)
 
 
 def nodes_table(con: duckdb.DuckDBPyConnection, tree: Tree, name: str, b: int) -> None:
