@@ -5,8 +5,11 @@ the K points of a central composite design around an initial estimate theta_0 (c
 points at +-ds, factorial corners at distance df, in whitened standard-error units: theta = theta_0 + L u
 with L L' the estimated covariance of theta_0, so one unit is one standard error along each
 principal direction). Rows with similar profiles are interchangeable for likelihood-based
-inference near theta_0, so they are clustered and each cluster becomes one pseudo-point at the
-cluster mean of the model's variables with weight = cluster size.
+inference near theta_0, so they are clustered; each cluster becomes two pseudo-points (``points=2``,
+the default: the cluster mean +- its within-cluster spread along the direction that adds the most
+information, half its rows each) or one at the cluster mean (``points=1``), and the points are
+calibrated so that the squashed table's MLE is a Newton step made with the full data's score
+(``calibrate=True``; see :mod:`duckquash.lds.points`).
 
 Everything that touches the rows is generated SQL:
 
@@ -21,20 +24,23 @@ Everything that touches the rows is generated SQL:
    projected on the leading principal directions of the sample's profiles (d <= p + 1 coordinates,
    Euclidean distance between profiles is kept); each row descends a k-d tree fitted to the
    sample's profile coordinates within its cell (balanced b-ary splits along the widest coordinate,
-   one leaf per wanted cluster); then one GROUP BY leaf gives cluster sizes, variable means and the
-   cluster's summed profile. Cost: the coordinates are computed from the K non-linear terms A(eta_k)
+   one leaf per wanted cluster); then one GROUP BY leaf gives cluster sizes, variable means, the
+   cluster's summed profile and its rows' score at theta_0 (p sums of (y - A'(eta_0)) x, whose
+   total is the full data's score). Cost: the coordinates are computed from the K non-linear terms A(eta_k)
    with list dot products (``_coords_sql``: one per mirrored pair of design points, one per
    coordinate), or, where that is within 1% of every coordinate's spread on the sample (large N:
    the design points are close), from the profile's second-order expansion around eta_0, with one
    softplus per row instead of K; the descent is one ``list_extract`` projection per tree level
    against a one-row table of node lists (no join per level).
 
-The paper's optional refinement (``refine=True``) moves each pseudo-point's quantitative variables,
-within its cluster's range, so that weight x its profile matches the cluster's summed profile in
-the d coordinates (damped Gauss-Newton, all clusters at once). On 6 paper-structure data sets of
-40k rows at M = 200 it lowered the match residual by ~35% (there are more coordinates than movable
-variables) but not the coefficient error (geometric-mean MSE 29 against 21 without), so it is off
-by default. Not done: a Lloyd-style re-assignment pass after the tree (the leaves are the clusters).
+The paper's optional refinement (``refine=True``) moves each cluster's pseudo-points (their
+quantitative variables, within the cluster's range) so that their weighted profiles sum to the
+cluster's summed profile in the d coordinates (damped Gauss-Newton with step halving, all clusters
+at once), before the calibration. With one mean point per cluster, on 6 paper-structure data sets
+of 40k rows at M = 200, it lowered the match residual by ~35% (there are more coordinates than
+movable variables) but not the coefficient error (geometric-mean MSE 29 against 21 without), so
+it is off by default. Not done: a Lloyd-style re-assignment pass after the tree (the leaves are
+the clusters; the calibration needs no second pass either).
 
 ILDS (``iterations=k``) re-centres the design and reruns the squash pass, shrinking ds and df by
 ``cooling`` each time. The paper re-centres on the squashed table's MLE; here that diverged
@@ -42,16 +48,19 @@ ILDS (``iterations=k``) re-centres the design and reruns the squash pass, shrink
 theta_0 but not the within-cluster information, so the squashed MLE is theta_0 - I_sq^-1 S(theta_0)
 with I_sq < I_full, and the error map I - I_sq^-1 I_full has eigenvalues below -1 in the
 directions the clusters resolve least. The new centre is instead the Newton step
-theta_0 + Sigma_0 S_sq(theta_0): the squashed table's score (one tiny query) with the first
-estimate's covariance Sigma_0. On 100k paper-structure rows at M = N/200: LDS MSE 7.3, 3 ILDS
-iterations 0.24 (refit-on-squashed-MLE ILDS: 134 and worse).
+theta_1 = theta_0 + Sigma_0 S(theta_0) with the first estimate's covariance Sigma_0. Until
+2026-12 S was the squashed table's score (on 100k paper-structure rows at M = N/200: LDS MSE 7.3,
+3 ILDS iterations 0.24; refit-on-squashed-MLE ILDS: 134 and worse); one mean point per cluster
+biases it (Jensen), which held ILDS(3) at MSE ~0.85 on 40k rows. S is now the full data's score,
+summed in the squash pass at no extra cost, and the calibration makes theta_1 the squashed MLE
+of every pass, so one-pass LDS already has the first Newton step and ILDS(k) has k of them.
 """
 from __future__ import annotations
 
 import time
 import uuid
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import duckdb
 import numpy as np
@@ -60,14 +69,12 @@ import pyarrow as pa
 from ..errors import InputError
 from ..io.progress import progress as progress_bar
 from ..io.source import resolve
-from ..model.families import mean_sql
 from ..model.irls import fit_design
-from ..sql.build import linear_predictor
 from ..sql.names import PREFIX as _P
 from ..sql.quote import comma, ident, literal
 from .cells import Model, build_model, cells_pass, keyed_sql, with_cell_sql
 from .design import ccd
-from . import profiles
+from . import points, profiles
 from .spec import CENTRE_ROWS, TAYLOR_TOL, LdsSpec
 from .tree import allocate, descend_sql, fit_tree, nodes_table
 
@@ -86,7 +93,11 @@ class LdsIteration:
     profiles: str = "exact"         # how the pass computed the rows' profiles: "exact" or "second-order"
     profile_error: float | None = None  # second order: max error / spread on the sample's rows
     refined_resid: float | None = None  # profile-match residual after the refinement (refine=True)
-    change_se: float | None = None  # max |theta_new - theta_0| / SE after refitting on this table
+    change_se: float | None = None  # max |theta_1 - theta_0| / SE: the Newton step to ILDS's next centre
+    n_clusters: int | None = None   # clusters (regions); points: two per cluster with points=2
+    weight_change: float | None = None  # calibrate=True: largest |change| / weight
+    score_left: float | None = None     # calibrate=True: score at theta_1 left, relative (0 unless floors bind)
+    theta1: np.ndarray | None = None    # theta_0 + Sigma_0 S(theta_0), S the full data's score: the next centre
 
 
 def _design_from_fit(res) -> tuple[np.ndarray, np.ndarray]:
@@ -100,52 +111,82 @@ def _design_from_fit(res) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(res.params, dtype=float), chol
 
 
-def _refine(clusters: pa.Table, movable: list[str], w: np.ndarray, S: np.ndarray, coords_of,
-            steps: int = 4) -> tuple[pa.Table, np.ndarray]:
-    """The paper's optional refinement: move each pseudo-point's quantitative variables (within its
-    cluster's range) so that weight x its profile matches the cluster's summed profile, in the d
-    profile coordinates; damped Gauss-Newton with forward-difference Jacobians, all clusters at
-    once (one small SQL query per step). A cluster keeps its last point that lowered its residual."""
-    X = np.column_stack([clusters.column(v).to_numpy() for v in movable])
-    lo = np.column_stack([clusters.column(f"{_P}min{j}").to_numpy() for j in range(len(movable))])
-    hi = np.column_stack([clusters.column(f"{_P}max{j}").to_numpy() for j in range(len(movable))])
+def _refine(pts: pa.Table, cl: np.ndarray, movable: list[str], lo: np.ndarray, hi: np.ndarray, w: np.ndarray,
+            S: np.ndarray, coords_of, steps: int = 4) -> tuple[pa.Table, np.ndarray]:
+    """The paper's optional refinement: move each cluster's pseudo-points (their quantitative variables,
+    each point within the cluster's range ``lo``..``hi``, per cluster) so that their weighted profiles
+    sum to the cluster's summed profile ``S``, in the d profile coordinates; damped Gauss-Newton with
+    forward-difference Jacobians, all clusters at once (one small SQL query per step). A cluster
+    keeps its last move that lowered its residual. ``cl``: each point's cluster (ordered)."""
+    X = np.column_stack([pts.column(v).to_numpy() for v in movable])
+    lo, hi = lo[cl], hi[cl]
     h = 1e-6 * np.maximum(np.abs(X), (hi - lo).max(axis=0, initial=0.0) + 1e-300)
     n, q = X.shape
+    nc = S.shape[0]
+    slot = np.r_[0, (cl[1:] == cl[:-1]).astype(int)]  # first or second point of its cluster
+    k = int(slot.max(initial=0)) + 1
+
+    def summed(C: np.ndarray) -> np.ndarray:  # per point -> weighted sum per cluster
+        out = np.zeros((nc, C.shape[1]))
+        np.add.at(out, cl, C * w[:, None])
+        return out
 
     def with_x(Z: np.ndarray, rows: np.ndarray) -> pa.Table:
-        t = clusters.take(pa.array(rows))
+        t = pts.take(pa.array(rows))
         for j, v in enumerate(movable):
             t = t.set_column(t.schema.get_field_index(v), v, pa.array(Z[:, j]))
         return t
 
-    R = S - coords_of(clusters) * w[:, None]
+    R = S - summed(coords_of(pts))
     best = np.einsum("ij,ij->i", R, R)
     for _ in range(steps):
-        # base points and the q perturbed copies of every cluster, evaluated in one query
+        # the points and q perturbed copies of every point, evaluated in one query
         rows = np.tile(np.arange(n), q + 1)
         Z = np.tile(X, (q + 1, 1))
         for j in range(q):
             Z[(j + 1) * n:(j + 2) * n, j] += h[:, j]
         c = coords_of(with_x(Z, rows)).reshape(q + 1, n, -1)
-        J = (c[1:] - c[0]).transpose(1, 2, 0) / h[:, None, :] * w[:, None, None]  # n x d x q
-        r = S - c[0] * w[:, None]
+        D = (c[1:] - c[0]).transpose(1, 2, 0) / h[:, None, :] * w[:, None, None]  # n x d x q
+        J = np.zeros((nc, D.shape[1], k * q))  # cluster residual vs the moves of its points
+        for s_ in range(k):
+            sel = slot == s_
+            J[cl[sel], :, s_ * q:(s_ + 1) * q] = D[sel]
+        r = S - summed(c[0])
         A = np.einsum("ndi,ndj->nij", J, J)
         g = np.einsum("ndi,nd->ni", J, r)
-        A += 1e-6 * np.einsum("nii->n", A)[:, None, None] * np.eye(q) + 1e-300 * np.eye(q)
-        X_new = np.clip(X + np.linalg.solve(A, g[..., None])[..., 0], lo, hi)
-        R_new = S - coords_of(with_x(X_new, np.arange(n))) * w[:, None]
-        new = np.einsum("ij,ij->i", R_new, R_new)
-        better = new < best
-        X[better], R[better], best[better] = X_new[better], R_new[better], new[better]
-        if not better.any():
+        A += 1e-6 * np.einsum("nii->n", A)[:, None, None] * np.eye(k * q) + 1e-300 * np.eye(k * q)
+        step = np.linalg.solve(A, g[..., None])[..., 0]
+        step = step.reshape(nc, k, q)[cl, slot]  # per point
+        moved = np.zeros(nc, bool)
+        for frac in (1.0, 0.5, 0.25):  # step halving for the clusters the full step did not help
+            X_new = np.clip(X + frac * step, lo, hi)
+            R_new = S - summed(coords_of(with_x(X_new, np.arange(n))))
+            new = np.einsum("ij,ij->i", R_new, R_new)
+            better = (new < best) & ~moved
+            X[better[cl]], R[better], best[better] = X_new[better[cl]], R_new[better], new[better]
+            moved |= better
+        if not moved.any():
             break
     return with_x(X, np.arange(n)), R
 
 
-def _squash_once(con, m: Model, spec: LdsSpec, theta0, chol, ds, df, sample_table: str, cuts: tuple[int, int],
-                 cells_table: str, names: dict) -> tuple[pa.Table, LdsIteration, int]:
-    """One squash pass. ``cuts``: hash cuts of the sample's rows for the principal directions (and
-    the second-order check) and for the tree (the first is a subset of the second)."""
+def _design_rows(con, pts: pa.Table, m: Model, view: str) -> tuple[np.ndarray, np.ndarray]:
+    """The design matrix and the response of the points (in order)."""
+    con.register(view, pts.append_column(f"{_P}i", pa.array(np.arange(pts.num_rows))))
+    try:
+        got = con.execute(f"SELECT {comma(f'CAST(({e}) AS DOUBLE)' for e in m.design.exprs)}, "
+                          f"CAST({m.y} AS DOUBLE) FROM {ident(view)} ORDER BY {_P}i").fetchnumpy()
+    finally:
+        con.unregister(view)
+    cols = [np.asarray(v, dtype=float) for v in got.values()]
+    return np.column_stack(cols[:-1]), cols[-1]
+
+
+def _squash_once(con, m: Model, spec: LdsSpec, theta0, chol, scale: float, ds, df, sample_table: str,
+                 cuts: tuple[int, int], cells_table: str, names: dict) -> tuple[pa.Table, LdsIteration, int, np.ndarray]:
+    """One squash pass: the points, the iteration's report, the design size and the next centre.
+    ``cuts``: hash cuts of the sample's rows for the principal directions (and the second-order
+    check) and for the tree (the first is a subset of the second)."""
     t0 = time.perf_counter()
     p = len(m.design.exprs)
     U = ccd(p, ds, df)
@@ -188,7 +229,9 @@ def _squash_once(con, m: Model, spec: LdsSpec, theta0, chol, ds, df, sample_tabl
     else:
         C, scells = sample_coords(tree_rows, quad)
     counts = {int(c): int(n) for c, n in zip(*np.unique(scells, return_counts=True))}
-    leaves = allocate(m.cells, spec.size, counts)
+    pair = spec.points == 2 and bool(m.quantitative)
+    # two points per cluster: half as many leaves (but one per cell at least)
+    leaves = allocate(m.cells, max(spec.size // 2, len(m.cells)) if pair else spec.size, counts)
     tree = fit_tree(C, scells, leaves, len(m.cells), spec.branching)
     nodes_table(con, tree, names["nodes"], spec.branching)
 
@@ -200,14 +243,36 @@ def _squash_once(con, m: Model, spec: LdsSpec, theta0, chol, ds, df, sample_tabl
     walked = descend_sql(rows, tree, names["nodes"], spec.branching, d)
     outs = [f"any_value({ident(v)}) AS {ident(v)}" for v in m.categorical]
     outs += [f"avg(CAST({ident(v)} AS DOUBLE)) AS {ident(v)}" for v in m.quantitative]
-    movable = [v for v in m.quantitative if ident(v) not in m.y] if spec.refine else []
-    outs += [f"{fn}(CAST({ident(v)} AS DOUBLE)) AS {_P}{fn}{j}" for j, v in enumerate(movable) for fn in ("min", "max")]
+    outs.append(f"any_value({_P}cell) AS {_P}cellid")
+    quant = list(m.quantitative)
+    movable = [v for v in quant if ident(v) not in m.y] if spec.refine else []
+    if movable:  # each cluster's box: refined points stay in it
+        outs += [f"{fn}(CAST({ident(v)} AS DOUBLE)) AS {_P}{b}{j}" for j, v in enumerate(quant)
+                 for fn, b in (("min", "lo"), ("max", "hi"))]
     sums = [f"sum({_P}c{r}) AS {_P}s{r}" for r in range(d)]
+    # the full data's score at theta_0, a by-product of the pass: ILDS's next centre (below)
+    sums += [f"sum({_P}r * ({e})) AS {_P}u{j}" for j, e in enumerate(m.design.exprs)]
     agg = (f"SELECT {_P}node, count(*)::DOUBLE AS {_P}w, {comma(outs)}, {comma(sums)} "
            f"FROM ({walked}) GROUP BY {_P}node ORDER BY {_P}node")
     clusters = con.sql(agg).to_arrow_table()
     w = clusters.column(f"{_P}w").to_numpy()
     S = np.column_stack([clusters.column(f"{_P}s{r}").to_numpy() for r in range(d)])  # sum of (P B - mu) / sd
+    n_clusters = clusters.num_rows
+    pr = None
+    if pair:  # each cluster's spread and box from the tree sample's rows in its leaf (points.py)
+        xs_tree = con.execute(f"SELECT {comma(f'CAST({ident(v)} AS DOUBLE)' for v in quant)} FROM ({tree_rows}) "
+                              f"ORDER BY {_P}rid").fetchnumpy()
+        xs_tree = np.column_stack([np.asarray(xs_tree[k], dtype=float) for k in xs_tree])
+        means = np.column_stack([clusters.column(v).to_numpy() for v in quant])
+        cov, lo, hi = points.leaf_stats(tree.leaf_of, xs_tree, clusters.column(f"{_P}node").to_numpy(), means)
+        pr = points.pairs(clusters, list(m.design.variables), quant, cov, lo, hi, spec.weight,
+                          spec.size - n_clusters, spec.family, theta0,
+                          lambda t: _design_rows(con, t, m, names["points"])[0])
+        pts, cl = pr.table, pr.cluster
+    else:
+        pts = pa.table([clusters.column(v) for v in m.design.variables] + [clusters.column(f"{_P}w")],
+                       names=list(m.design.variables) + [spec.weight])
+        cl = np.arange(n_clusters)
 
     def coords_of(points: pa.Table) -> np.ndarray:
         """Coordinates of pseudo-points (rows of ``points``, in order), computed as the rows' were."""
@@ -220,21 +285,57 @@ def _squash_once(con, m: Model, spec: LdsSpec, theta0, chol, ds, df, sample_tabl
             con.unregister(view)
         return np.column_stack([np.asarray(got[f"{_P}c{r}"], dtype=float) for r in range(d)])
 
-    # profile match: each cluster's summed profile vs its pseudo-point's, in the d leading
+    wp = pts.column(spec.weight).to_numpy()
+
+    def summed(C: np.ndarray) -> np.ndarray:  # per point -> weighted sum per cluster
+        out = np.zeros((n_clusters, C.shape[1]))
+        np.add.at(out, cl, C * wp[:, None])
+        return out
+
+    # profile match: each cluster's summed profile vs its pseudo-points' weighted sum, in the d leading
     # principal directions of the profiles (they hold all but a sliver of the profile variance)
     spread = np.linalg.norm(S - w[:, None] * (S.sum(0) / w.sum()), axis=0)
     match = lambda R: (float(np.linalg.norm(R) / max(np.linalg.norm(spread), 1e-300)),  # noqa: E731
                        float(np.linalg.norm(R[:, 0]) / max(spread[0], 1e-300)))
-    prof_resid, level_resid = match(S - coords_of(clusters) * w[:, None])
+    prof_resid, level_resid = match(S - summed(coords_of(pts)))
     refined = None
     if movable:
-        clusters, R = _refine(clusters, movable, w, S, coords_of)
+        box = lambda fn: np.column_stack([clusters.column(f"{_P}{fn}{quant.index(v)}").to_numpy()  # noqa: E731
+                                          for v in movable])
+        pts, R = _refine(pts, cl, movable, box("lo"), box("hi"), wp, S, coords_of)
         refined = match(R)[0]
-    cols = [clusters.column(v) for v in m.design.variables] + [clusters.column(f"{_P}w")]
-    table = pa.table(cols, names=list(m.design.variables) + [spec.weight])
-    it = LdsIteration(theta0, ds, df, table.num_rows, prof_resid, level_resid, time.perf_counter() - t0,
-                      "exact" if quad is None else "second-order", rel, refined)
-    return table, it, K
+    # ILDS's next centre: one Newton step from theta_0 with the full data's score (summed in the
+    # pass) and Sigma_0; the calibration makes it the squashed table's MLE (points.py)
+    cov0 = chol @ chol.T
+    score = np.array([float(np.sum(clusters.column(f"{_P}u{j}").to_numpy())) for j in range(p)])
+    theta1 = theta0 + cov0 @ score / scale
+    step = float(np.max(np.abs(theta1 - theta0) / np.sqrt(np.clip(np.diag(cov0), 1e-300, None)), initial=0.0))
+    dw = left = None
+    if spec.calibrate:
+        X, y = _design_rows(con, pts, m, names["points"])
+        cells = clusters.column(f"{_P}cellid").to_numpy()[cl]
+        moves = None
+        mv = [j for j, v in enumerate(quant) if ident(v) not in m.y]  # the response stays put
+        if pr is not None and mv:
+            names_mv = [quant[j] for j in mv]
+
+            def rows_at(x: np.ndarray) -> np.ndarray:
+                t = pts
+                for j, v in enumerate(names_mv):
+                    t = t.set_column(t.schema.get_field_index(v), v, pa.array(x[:, j]))
+                return _design_rows(con, t, m, names["points"])[0]
+
+            sub = np.ix_(np.arange(n_clusters), mv, mv)
+            moves = points.Moves(np.column_stack([pts.column(v).to_numpy() for v in names_mv]),
+                                 pr.jac[:, :, mv][cl], pr.cov[sub][cl], pr.lo[:, mv][cl], pr.hi[:, mv][cl], rows_at)
+        wp, xs, dw, left = points.calibrate(X, y, wp, cells, spec.family, theta1, moves)
+        pts = pts.set_column(pts.schema.get_field_index(spec.weight), spec.weight, pa.array(wp))
+        if xs is not None:
+            for j, v in enumerate(names_mv):
+                pts = pts.set_column(pts.schema.get_field_index(v), v, pa.array(xs[:, j]))
+    it = LdsIteration(theta0, ds, df, pts.num_rows, prof_resid, level_resid, time.perf_counter() - t0,
+                      "exact" if quad is None else "second-order", rel, refined, step, n_clusters, dw, left, theta1)
+    return pts, it, K, theta1
 
 
 @dataclass(frozen=True)
@@ -255,8 +356,8 @@ class LdsReport:
 
     @property
     def n_regions(self) -> int:
-        """One pseudo-point per cluster: the clusters are the regions."""
-        return self.n_points
+        """The clusters are the regions (two pseudo-points each with ``points=2``)."""
+        return self.iterations[-1].n_clusters if self.iterations else self.n_points
 
     def summary(self) -> str:
         lines = [f"rows N        {self.n_rows:,}",
@@ -267,10 +368,13 @@ class LdsReport:
                  f"passes        {self.passes} over the data (sample of {self.sample_rows:,} rows, "
                  f"init={self.params['init']})"]
         for i, it in enumerate(self.iterations, 1):
-            ch = "" if it.change_se is None else f", refit moved theta by max {it.change_se:.3g} SE"
+            ch = "" if it.change_se is None else f", Newton step max {it.change_se:.3g} SE"
+            if it.weight_change is not None:
+                ch += f", weights calibrated (max change {it.weight_change:.1%})"
             bound = "" if it.profile_error is None else f" (max error {it.profile_error:.1e} of the spread)"
             ref = "" if it.refined_resid is None else f", {it.refined_resid:.2e} refined"
-            lines.append(f"iteration {i}   ds={it.ds:.3g} df={it.df:.3g}: {it.n_points:,} points, {it.profiles} "
+            lines.append(f"iteration {i}   ds={it.ds:.3g} df={it.df:.3g}: {it.n_points:,} points in "
+                         f"{it.n_clusters:,} clusters, {it.profiles} "
                          f"profiles{bound}, profile-match residual {it.profile_resid:.2e} "
                          f"(level {it.level_resid:.2e}){ref}{ch}, {it.seconds:.2f}s")
         lines.append("time          " + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()))
@@ -288,7 +392,7 @@ def squash_lds_to_arrow(con: duckdb.DuckDBPyConnection, source: object, spec: Ld
     """Run LDS (and ILDS iterations) on ``source``; nothing is written. Temporary tables are dropped."""
     timings: dict[str, float] = {}
     tag = uuid.uuid4().hex[:12]
-    names = {k: f"{_P}lds_{k}_{tag}" for k in ("cells", "sample", "nodes", "points", "squashed")}
+    names = {k: f"{_P}lds_{k}_{tag}" for k in ("cells", "sample", "nodes", "points")}
     src = resolve(con, source)
     try:
         t = time.perf_counter()
@@ -348,27 +452,18 @@ def squash_lds_to_arrow(con: duckdb.DuckDBPyConnection, source: object, spec: Ld
         ds, df = spec.ds, spec.df
         table = None
         K = 0
+        theta1 = theta0
         for i in range(spec.iterations):
             if i > 0:
-                t = time.perf_counter()
-                con.register(names["squashed"], table)
-                try:
-                    score = _score(con, ident(names["squashed"]), m, spec, theta0)
-                finally:
-                    con.unregister(names["squashed"])
-                # Newton step from theta_0 with the squashed table's score and the first estimate's
-                # information (see the module notes: the squashed table's own information is too small)
-                cov0 = chol @ chol.T
-                new = theta0 + cov0 @ score / scale
-                se = np.sqrt(np.clip(np.diag(cov0), 1e-300, None))
-                its[-1] = _with_change(its[-1], float(np.max(np.abs(new - theta0) / se)))
-                theta0 = new
+                # re-centre on the Newton step from theta_0 with the full data's score (summed in the
+                # pass) and the first estimate's covariance (see the module notes: the squashed table's
+                # own information is too small for its MLE to be the next centre)
+                theta0 = theta1
                 ds, df = ds * spec.cooling, df * spec.cooling
-                timings["refit"] = timings.get("refit", 0.0) + time.perf_counter() - t
             t = time.perf_counter()
             with progress_bar(con, f"squash {i + 1}", show_progress):
-                table, it, K = _squash_once(con, m, spec, theta0, chol, ds, df, names["sample"], cuts,
-                                            names["cells"], names)
+                table, it, K, theta1 = _squash_once(con, m, spec, theta0, chol, scale, ds, df, names["sample"],
+                                                    cuts, names["cells"], names)
             passes += 1
             its.append(it)
             timings[f"squash{i + 1}" if spec.iterations > 1 else "squash"] = time.perf_counter() - t
@@ -382,16 +477,3 @@ def squash_lds_to_arrow(con: duckdb.DuckDBPyConnection, source: object, spec: Ld
     report = LdsReport(spec.as_dict(), m.n_rows, table.num_rows, len(m.cells), K, int(n_s), passes, timings,
                        tuple(its), tuple(m.design.names))
     return table, report
-
-
-def _score(con, from_sql: str, m: Model, spec: LdsSpec, theta: np.ndarray) -> np.ndarray:
-    """The weighted score X'F(y - mu) at ``theta`` over a (small) squashed table."""
-    xs = [f"({e})" for e in m.design.exprs]
-    eta = linear_predictor(theta, m.design.exprs)
-    r = f"CAST({ident(spec.weight)} AS DOUBLE) * ({m.y} - {mean_sql(spec.family, eta)})"
-    row = con.execute(f"SELECT {comma(f'fsum({r} * {x})' for x in xs)} FROM {from_sql}").fetchall()[0]
-    return np.asarray(row, dtype=float)
-
-
-def _with_change(it: LdsIteration, change: float) -> LdsIteration:
-    return replace(it, change_se=change)

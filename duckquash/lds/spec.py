@@ -12,13 +12,14 @@ from ..sql.names import PREFIX as _P
 INITS = ("sample", "step", "mle")
 FAMILIES = ("binomial", "poisson", "gaussian")
 CENTRE_ROWS = True  # poisson/gaussian: cluster on row-centred profiles (40k rows, M = 200: poisson MSE 121 -> 4.6)
-WHITEN = 0.7  # profile coordinates scaled by sd**(1 - WHITEN) relative to the first: see _basis
+WHITEN = 1.0  # profile coordinates scaled by sd**(1 - WHITEN) relative to the first: see profiles.basis (0.7 until the pairs)
 # Second-order profiles when, on the sample's rows (<= 50k), they are within this fraction of every
 # coordinate's within-cell spread of the exact ones: a row can then only change leaf when it lies within
 # ~1% of a split, whose threshold is itself a quantile of ~20 sample rows per leaf (its standard error
 # is 10-20% of the node's spread).
 TAYLOR_TOL = 1e-2
 PROFILES = ("auto", "exact")
+POINTS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,11 @@ class LdsSpec:
     ``branching`` is the k-d tree's fan-out per level (fewer levels, more comparisons per level).
     ``refine``: move each pseudo-point (its quantitative variables, within the cluster's range) so
     that weight x its profile matches the cluster's summed profile (the paper's optional step).
+    ``points``: pseudo-points per cluster: 2 (the default; M / 2 clusters, each the mean +- its
+    spread along the direction adding the most information) or 1 (the cluster mean).
+    ``calibrate``: adjust the points (weights, and positions within their cluster's range; cell
+    totals kept) so that the squashed table's MLE is theta_0 + Sigma_0 S(theta_0), the Newton step
+    with the full data's score summed in the squash pass (see :mod:`duckquash.lds.points`).
     ``profiles``: ``"auto"`` computes the rows' profiles from their second-order expansion around
     eta_0 (binomial, gaussian) when, on up to 50k sample rows, it is within 1% of every coordinate's
     within-cell spread of the exact profile, else exactly; ``"exact"`` always evaluates the log-likelihood at every
@@ -61,6 +67,8 @@ class LdsSpec:
     branching: int = 4
     profiles: str = "auto"
     refine: bool = False
+    points: int = 2
+    calibrate: bool = True
     levels: dict | None = None
 
     def __post_init__(self) -> None:
@@ -97,8 +105,12 @@ class LdsSpec:
                 raise InputError(f"{name} must be a finite number > 0{' and <= 1' if name == 'cooling' else ''}, "
                                  f"got {getattr(self, name)!r}")
             set_(name, v)
-        if not isinstance(self.refine, bool):
-            raise InputError(f"refine must be True or False, got {self.refine!r}")
+        for name in ("refine", "calibrate"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if isinstance(self.points, bool) or self.points not in POINTS:
+            raise InputError(f"points must be one of {list(POINTS)} (pseudo-points per cluster), got {self.points!r}")
+        set_("points", int(self.points))
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
             raise InputError(f"seed must be an integer, got {self.seed!r}")
         if not isinstance(self.weight, str) or not self.weight or self.weight.startswith(_P):
