@@ -4,7 +4,7 @@
 -- the calling statement sees the result whatever transaction it runs in.
 -- method := NULL picks 'adaptive' ('hyprect' when bins is given, 'datasphere' when layers is).
 -- method := 'lds' squashes for a stated model: formula, family, size (pseudo-points), iterations, init,
--- profiles ('auto' or 'exact'), refine.
+-- profiles ('auto' or 'exact'), refine, points (pseudo-points per cluster, 1 or 2), calibrate.
 CREATE OR REPLACE TEMP MACRO squash(
     src,
     categorical := []::VARCHAR[],
@@ -21,10 +21,13 @@ CREATE OR REPLACE TEMP MACRO squash(
     iterations := 1,
     init := 'sample',
     profiles := 'auto',
-    refine := false
+    refine := false,
+    points := 2,
+    calibrate := true
 ) AS TABLE
     SELECT * FROM read_parquet({udf}(src::VARCHAR, categorical::VARCHAR[], quantitative::VARCHAR[],
                                      method::VARCHAR, alpha::DOUBLE, weight::VARCHAR, seed::BIGINT,
                                      bins::INTEGER, layers::INTEGER, formula::VARCHAR, family::VARCHAR,
                                      size::BIGINT, iterations::INTEGER, init::VARCHAR, profiles::VARCHAR,
-                                     refine::BOOLEAN, txid_current()::BIGINT));
+                                     refine::BOOLEAN, points::INTEGER, calibrate::BOOLEAN,
+                                     txid_current()::BIGINT));

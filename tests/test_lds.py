@@ -302,7 +302,7 @@ def test_refine_matches_summed_profiles_better(calls, df):
         duckquash.squash(calls, "calls", method="lds", formula=F, size=M, refine="yes", into="bad")
 
 
-def test_sql_and_cli_take_profiles_and_refine(tmp_path, df):
+def test_sql_and_cli_take_profiles_refine_points_and_calibrate(tmp_path, df):
     con = duckquash.connect(str(tmp_path / "d.duckdb"))
     con.register("v", df.iloc[:10_000])
     con.execute("CREATE TABLE calls AS SELECT * FROM v")
@@ -310,6 +310,9 @@ def test_sql_and_cli_take_profiles_and_refine(tmp_path, df):
     rows = con.execute(f"CALL squash('calls', method := 'lds', formula := '{F}', size := 100, profiles := 'exact', "
                        "refine := true)").fetchall()
     assert 90 <= len(rows) <= 100 and sum(r[-1] for r in rows) == pytest.approx(10_000)
+    one = con.execute(f"CALL squash('calls', method := 'lds', formula := '{F}', size := 100, points := 1, "
+                      "calibrate := false)").fetchall()
+    assert 90 <= len(one) <= 100 and all(float(r[-1]).is_integer() for r in one)  # cluster sizes, as before
     with pytest.raises(duckdb.Error, match="profiles"):
         con.execute(f"CALL squash('calls', method := 'lds', formula := '{F}', size := 100, profiles := 'fast')")
     con.close()
@@ -319,3 +322,8 @@ def test_sql_and_cli_take_profiles_and_refine(tmp_path, df):
     assert main(["squash", f"{tmp_path / 'd.duckdb'}:calls", "-o", out, "--method", "lds", "--formula", F,
                  "--size", "100", "--profiles", "exact", "--refine", "--quiet"]) == 0
     assert duckdb.sql(f"SELECT sum(weight) FROM read_parquet('{out}')").fetchall()[0][0] == pytest.approx(10_000)
+    out1 = str(tmp_path / "o1.parquet")
+    assert main(["squash", f"{tmp_path / 'd.duckdb'}:calls", "-o", out1, "--method", "lds", "--formula", F,
+                 "--size", "100", "--points", "1", "--no-calibrate", "--quiet"]) == 0
+    n, frac = duckdb.sql(f"SELECT sum(weight), sum(weight - floor(weight)) FROM read_parquet('{out1}')").fetchall()[0]
+    assert n == pytest.approx(10_000) and frac == 0

@@ -18,6 +18,7 @@ from ..io.write import (check_file_target, check_table_target, refuse_replacing_
                         write_table)
 from ..lds.spec import FAMILIES as LDS_FAMILIES
 from ..lds.spec import INITS, PROFILES
+from ..lds.spec import POINTS as LDS_POINTS
 from ..model.families import FAMILIES
 from ..sql.quote import ident
 from ..version import __version__
@@ -62,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     sq.add_argument("--profiles", default="auto", choices=list(PROFILES),
                     help="lds: second-order profiles where they match the exact ones (auto), or always exact")
     sq.add_argument("--refine", action="store_true", help="lds: refine pseudo-points to their clusters' summed profiles")
+    sq.add_argument("--points", type=int, default=2, choices=list(LDS_POINTS),
+                    help="lds: pseudo-points per cluster (2: mean +- spread along the most informative direction)")
+    sq.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                    help="lds: keep the points as built (default: calibrate them to the full-data Newton step)")
     sq.add_argument("--replace", action="store_true", help="overwrite an existing output")
     sq.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     sq.add_argument("--verify", action="store_true",
@@ -104,7 +109,7 @@ def _squash(args: argparse.Namespace) -> int:
             raise DuckquashError("--method lds takes its variables from --formula; drop --categorical/--quantitative")
         spec = make_spec("lds", weight=args.weight, seed=args.seed, formula=args.formula, size=args.size,
                          family=args.family, iterations=args.iterations, init=args.init, profiles=args.profiles,
-                         refine=args.refine)
+                         refine=args.refine, points=args.points, calibrate=args.calibrate)
     else:
         spec = make_spec(args.method, categorical=args.categorical, quantitative=args.quantitative,
                          alpha=args.alpha, bins=args.bins, layers=args.layers, weight=args.weight, seed=args.seed,

@@ -152,7 +152,7 @@ def install(con: duckdb.DuckDBPyConnection, *, _shared: _Installed | None = None
     def run(src: str, categorical: list, quantitative: list, method: str, alpha: float, weight: str,
             seed: int, bins: int, layers: int, formula: str | None = None, family: str = "binomial",
             size: int = 0, iterations: int = 1, init: str = "sample", profiles: str = "auto",
-            refine: bool = False, txid: int = 0) -> str:
+            refine: bool = False, points: int = 2, calibrate: bool = True, txid: int = 0) -> str:
         owner = state.owner()
         nulls = [k for k, v in (("src", src), ("method", method if method is not None else ""), ("alpha", alpha),
                                  ("weight", weight), ("seed", seed)) if v is None]
@@ -161,7 +161,9 @@ def install(con: duckdb.DuckDBPyConnection, *, _shared: _Installed | None = None
                              "SELECT; leave other arguments out for their defaults)")
         if isinstance(method, str) and method.lower() == "lds":
             spec = make_spec("lds", weight=weight, seed=int(seed), formula=formula, size=int(size), family=family,
-                             iterations=int(iterations), init=init, profiles=profiles, refine=bool(refine))
+                             iterations=int(iterations), init=init, profiles=profiles, refine=bool(refine),
+                             points=2 if points is None else int(points),
+                             calibrate=True if calibrate is None else bool(calibrate))
         else:
             spec = make_spec(method, categorical=tuple(categorical or ()), quantitative=tuple(quantitative or ()),
                              alpha=alpha, bins=bins, layers=layers, weight=weight, seed=int(seed),
@@ -185,8 +187,8 @@ def install(con: duckdb.DuckDBPyConnection, *, _shared: _Installed | None = None
         with contextlib.suppress(duckdb.Error):
             con.remove_function(udf)
     con.create_function(_UDF, run, [VARCHAR, names, names, VARCHAR, DOUBLE, VARCHAR, BIGINT, INTEGER, INTEGER,
-                                    VARCHAR, VARCHAR, BIGINT, INTEGER, VARCHAR, VARCHAR, BOOLEAN, BIGINT], VARCHAR,
-                        null_handling="special")
+                                    VARCHAR, VARCHAR, BIGINT, INTEGER, VARCHAR, VARCHAR, BOOLEAN, INTEGER, BOOLEAN,
+                                    BIGINT], VARCHAR, null_handling="special")
     _install_refresh(con, state)
     _macros(con)
     _INSTALLED[con] = (state, True)
