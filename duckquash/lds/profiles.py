@@ -62,7 +62,11 @@ def basis(profiles: np.ndarray, cells: np.ndarray, p: int, centre_rows: bool = F
     The compromise: direction r is divided by sd_r ** WHITEN * sd_0 ** (1 - WHITEN), sd_r its
     spread *within cells* (the tree only ever splits within a cell). Geometric mean of the MSE
     over 12 paper-structure data sets of 40k rows at M = 200, LDS / ILDS(3): WHITEN = 0.3:
-    7,400 / 1.7; 0.5: 80 / 1.8; 0.7: 21 / 0.84; 0.85: 13 / 2.7; 1: 22 / 5.3. Scaling by the total
+    7,400 / 1.7; 0.5: 80 / 1.8; 0.7: 21 / 0.84; 0.85: 13 / 2.7; 1: 22 / 5.3 (one mean point per
+    cluster, no calibration). With two points per cluster and the calibration (points.py) the
+    coefficient error no longer depends on it (36 runs, gm 0.0017 at 0.7 and 1), but 1 resolves
+    the cells more evenly: a sub-model fitted on the table gm MSE 20 against 30 at 0.7, the
+    second-order model 7.9e4 against 2.6e5, so WHITEN = 1 since 2026-12. Scaling by the total
     spread instead (before 2026-11-24; 49 / 4.3 at 0.5) shrank the directions whose spread is
     mostly between cells, such as eta_0 itself when the slopes are small: on 1M rows with y
     independent of 9 normal x the clusters then had 0.2% of the information along theta_0's

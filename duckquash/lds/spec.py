@@ -51,6 +51,29 @@ class LdsSpec:
     second-order profiles less accurate; 4 keeps them within 1% on 10M rows. Cooling 0.5: ILDS(3)
     0.87 on the same 12 data sets (0.35: 0.98; 0.7: 0.89). Branching 4 (LDS 7.3 vs 11.8 for binary
     splits, ILDS(3) 0.20 vs 0.24) was measured on 100k rows at M = 500 with the earlier scaling.
+    (All of these with one mean point per cluster, no calibration and WHITEN = 0.7.)
+
+    ``points`` / ``calibrate`` / WHITEN (2026-12): 12 paper_like data sets (seeds 11, 0, 2 at
+    N = 40k with M = 200 and 40; seeds 11, 3, 5 at N = 200k with M = 1000 and 200) x squash seeds
+    0, 1, 2 (36 runs); main-effects MSE, geometric mean / worst, runs where LDS MSE x 2 > a uniform
+    sample's (gm 1044), squashed SEs / full SEs, and a sub-model (C(a1) + x1 + x3) fitted on the
+    table (a uniform sample: 658):
+
+    ==========================  =============  ============  ===========  ========  ======
+    variant                     LDS            ILDS(3)       LDS*2 > srs  SE ratio  sub
+    ==========================  =============  ============  ===========  ========  ======
+    before (1 point, no cal.)   1510 / 6.8e6   19 / 1.8e5    19 of 36     2.48      3210
+    points=2, calibrate (now)   0.0017 / 0.016 6e-9 / 2e-7   0            1.24      20
+    points=2, calibrate=False   76 / 5800      78 / 5700     3            1.29      243
+    points=1, calibrate         0.062 / 2.4e6  8e-6 / 3.7e6  5 (M = 40)   2.04      534
+    now with WHITEN = 0.7       0.0017 / 0.016 6e-9 / 2e-7   0            1.26      30
+    ==========================  =============  ============  ===========  ========  ======
+
+    The worst LDS runs are the 200k-row ones (theta_0 from a 20k-row sample, 8 SE off; the
+    calibrated Newton step leaves (1 - Sigma_0 I) of that). The second-order model (squares and
+    interactions) stays badly fitted on an LDS table (gm 7.9e4 against 2.0e4 for a uniform
+    sample; 1.4e7 before). Without calibration the pairs keep a Jensen bias off eta_0, so
+    ``calibrate=False`` is worse than before for ILDS at M = N/200 (11 against 0.85 on 40k rows).
     """
 
     formula: str
