@@ -123,12 +123,12 @@ def group(con: duckdb.DuckDBPyConnection, src: Source, spec: SquashSpec, *, reus
     with progress_bar(con, "group", show_progress, scan_share=1 / 2):  # scan -> top-k -> result
         plan, sample = plan_from_source(con, src, spec, reusable=reusable)
     n = plan.observed.n_rows
+    refusal = predict_no_shrink(sample, spec.categorical, n)  # the more specific reason first
+    if refusal:
+        raise InputError(f"squashing would not shrink {src.label}: {refusal}")
     if check_shrink and plan.predicted_points is not None and plan.predicted_points >= n:
         raise InputError(f"squashing would not shrink {src.label}: the sample predicts {plan.predicted_points:,.0f} "
                          f"pseudo-points for {n:,} rows (alpha={plan.spec.alpha:g}); lower alpha or size")
-    refusal = predict_no_shrink(sample, spec.categorical, n)
-    if refusal:
-        raise InputError(f"squashing would not shrink {src.label}: {refusal}")
     return plan, sample
 
 
