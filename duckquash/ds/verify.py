@@ -73,6 +73,12 @@ class Verification:
         return (self.worst_mean_error <= TOLERANCE and self.worst_cov_error <= TOLERANCE
                 and self.worst_count_error <= 1e-9 and self.n_bad_weights == 0 and self.n_outside == 0)
 
+    def __repr__(self) -> str:
+        return f"<Verification: {self.summary()}>"
+
+    def __str__(self) -> str:
+        return self.summary()
+
     def summary(self) -> str:
         scope = f"{self.regions.num_rows:,} regions and " if self.regions is not None else ""
         return (f"verified against the source ({scope}{self.cells.num_rows:,} cells): "
