@@ -24,6 +24,7 @@ from .ds.results import SquashReport, SquashResult
 from .errors import (ConvergenceWarning, DuckquashError, DuckquashWarning, InputError, InternalError, NotFromMoments,
                      OutputExistsError, PerfectSeparationWarning, SourceNotFoundError)
 from .frontends.sqlapi import connect, install
+from .model.crossprod import CrossProduct, crossprod
 from .model.formula import Design, build_design
 from .model.irls import fit_design
 from .model.results import GLMResults
@@ -38,7 +39,7 @@ __all__ = [
     "sample", "SampleResult", "evaluate", "Evaluation",
     "materialize", "refresh", "view_plan", "is_view", "glm_from_moments", "NotFromMoments", "ViewResult", "RefreshReport",
     "squash_plan", "SquashPlan", "merge_moments", "squash_from_moments",
-    "glm", "GLMResults", "fit_design", "build_design", "Design", "ConvergenceWarning", "PerfectSeparationWarning",
+    "glm", "GLMResults", "crossprod", "CrossProduct", "fit_design", "build_design", "Design", "ConvergenceWarning", "PerfectSeparationWarning",
     "DuckquashError", "DuckquashWarning", "InputError", "InternalError", "OutputExistsError", "SourceNotFoundError",
     "__version__",
 ]

@@ -25,7 +25,7 @@ import duckdb
 import numpy as np
 
 import duckquash
-from duckquash.sql.quote import comma, literal
+from duckquash.sql.quote import literal
 
 FORMULA = "0 + a + b + c + d + d:c + a:b + a:c + C(cat1, Treatment, levels=lnames)"
 LEVELS = {"lnames": [0, 1, 2, 3, 4]}
@@ -47,18 +47,6 @@ def write_csv(path: str, rows: int = 2_500_000) -> None:
     con.execute(f"COPY (SELECT a, b, c, d, cat1, {mean} + {g(11)} AS y FROM x ORDER BY i) "
                 f"TO {literal(path)} (FORMAT CSV, HEADER)")
     con.close()
-
-
-def singular_values(con: duckdb.DuckDBPyConnection, source: str, design) -> np.ndarray:
-    """Singular values of the design matrix X as sqrt(eigenvalues of X'X), X'X from one SQL pass."""
-    k = len(design.exprs)
-    pairs = [(i, j) for i in range(k) for j in range(i, k)]
-    row = con.execute(f"SELECT {comma(f'sum(({design.exprs[i]}) * ({design.exprs[j]}))' for i, j in pairs)} "
-                      f"FROM read_csv({literal(source)}) WHERE {design.where}").fetchall()[0]
-    xtx = np.zeros((k, k))
-    for (i, j), v in zip(pairs, row):
-        xtx[i, j] = xtx[j, i] = v
-    return np.sqrt(np.clip(np.linalg.eigvalsh(xtx), 0, None))[::-1]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,9 +72,9 @@ def main(argv: list[str] | None = None) -> None:
         for name, b, se in zip(fit.exog_names, fit.params, fit.bse):
             print(f"{name:40s} {b:9.4f} {se:9.4f} {TRUE_BETA[name]:7.3f}")
         t0 = time.perf_counter()
-        sv = singular_values(con, args.csv, fit.design)
-        print(f"\nsingular values of the design (from X'X, {time.perf_counter() - t0:.2f}s):\n{np.round(sv, 1)}"
-              f"\ncondition number {sv[0] / sv[-1]:.2f}")
+        cp = duckquash.crossprod(con, args.csv, FORMULA, levels=LEVELS)  # X'X in one SQL pass
+        print(f"\nsingular values of the design (from X'X, {time.perf_counter() - t0:.2f}s):\n"
+              f"{np.round(cp.singular_values, 1)}\nrank {cp.rank}, condition number {cp.condition_number:.2f}")
         t0 = time.perf_counter()
         sq = duckquash.squash(con, args.csv, categorical=["cat1"], quantitative=["a", "b", "c", "d", "y"],
                               into="seed_squashed")
