@@ -245,6 +245,20 @@ def sample(con: duckdb.DuckDBPyConnection, source: object, n: int, method: str =
         ``table``, ``relation``, ``n_rows`` (N), ``n_points``, ``n_draws``, ``seconds``.
     """
     t0 = time.perf_counter()
+    parts = table_name(into if into is not None else f"sample_{uuid.uuid4().hex[:8]}")
+    check_table_target(con, parts, replace)
+    refuse_replacing_source(con, source, parts)
+    data, m, n_total, dropped, fit = draw(con, source, n, method, formula, family, seed, weight,
+                                          criterion=criterion, pilot=pilot, levels=levels)
+    write_table(con, data, parts, replace)
+    return SampleResult(con, ".".join(parts), m, int(n_total), data.num_rows, int(n), time.perf_counter() - t0,
+                        parts, int(dropped), fit)
+
+
+def draw(con: duckdb.DuckDBPyConnection, source: object, n: int, method: str = "uniform",
+         formula: str | None = None, family: str = "binomial", seed: int = 0, weight: str = "weight", *,
+         criterion: str = "mmse", pilot: int | None = None, levels: dict | None = None) -> tuple:
+    """The sample :func:`sample` writes, as (Arrow table, method, N, rows dropped, pilot fit); writes nothing."""
     m = str(method).lower()
     if m not in METHODS:
         raise InputError(f"unknown sampling method {method!r}; choose one of {list(METHODS)}")
@@ -263,9 +277,6 @@ def sample(con: duckdb.DuckDBPyConnection, source: object, n: int, method: str =
         if str(family).lower() != "binomial":
             raise InputError(f"OSMAC is implemented for logistic regression only: family must be 'binomial', "
                              f"got {family!r}")
-    parts = table_name(into if into is not None else f"sample_{uuid.uuid4().hex[:8]}")
-    check_table_target(con, parts, replace)
-    refuse_replacing_source(con, source, parts)
     src = resolve(con, source)
     try:
         if weight in src.columns:
@@ -283,6 +294,4 @@ def sample(con: duckdb.DuckDBPyConnection, source: object, n: int, method: str =
             data, n_total, dropped, fit = _osmac(con, src, n, formula, seed, weight, crit, pilot, levels)
     finally:
         src.close()
-    write_table(con, data, parts, replace)
-    return SampleResult(con, ".".join(parts), m, int(n_total), data.num_rows, n, time.perf_counter() - t0,
-                        parts, int(dropped), fit)
+    return data, m, n_total, dropped, fit

@@ -7,6 +7,7 @@ import duckdb
 import numpy as np
 
 from ..api import glm, squash
+from ..baselines.sample import sample
 
 CATS = ["a1", "a2", "defected"]
 QUANT = ["x1", "x2", "x3", "x4", "x5"]
@@ -32,22 +33,23 @@ def simulate(con: duckdb.DuckDBPyConnection, rows: int, table: str = "calls") ->
 FORMULA = "defected ~ C(a1) + C(a2) + " + " + ".join(QUANT)
 
 
-def run_demo(rows: int = 1_000_000) -> None:
+def run_demo(rows: int = 1_000_000, progress: bool = True) -> None:
+    """Simulate ``rows`` rows, squash them at the defaults, and compare the logistic fit on the
+    squashed table and on a uniform sample of the same size with the full-data fit."""
     con = duckdb.connect()
     t0 = time.perf_counter()
     simulate(con, rows)
     print(f"simulated {rows:,} rows in {time.perf_counter() - t0:.1f}s  (table calls: a1, a2, defected, x1..x5)")
     t0 = time.perf_counter()
-    sq = squash(con, "calls", categorical=CATS, quantitative=QUANT, into="calls_sq")
+    sq = squash(con, "calls", categorical=CATS, quantitative=QUANT, into="calls_sq", progress=progress)
     print(f"squashed in {time.perf_counter() - t0:.1f}s\n{sq.report.summary()}\n")
     m = sq.n_points
-    con.execute(f"CREATE TABLE calls_sample AS SELECT *, {rows / m!r}::DOUBLE AS weight "
-                f"FROM calls USING SAMPLE reservoir({m} ROWS) REPEATABLE (1)")
+    unif = sample(con, "calls", m, seed=1, into="calls_sample")
     full = glm(con, "calls", FORMULA, "binomial")
-    fits = {"squashed (HypRect, alpha=1)": glm(con, "calls_sq", FORMULA, "binomial", weight="weight"),
-            f"uniform sample of {m:,} rows": glm(con, "calls_sample", FORMULA, "binomial", weight="weight")}
+    fits = {f"squashed ({sq.report.params['method']}, defaults)": glm(con, "calls_sq", FORMULA, "binomial", weight="weight"),
+            f"uniform sample of {m:,} rows": glm(con, unif.table, FORMULA, "binomial", weight="weight")}
     print("main-effects logistic regression of defected on a1, a2, x1..x5")
     print(f"z = (beta - beta_full) / SE_full;  MSE = mean(z^2);  N/M = {rows / m:,.1f}")
     for name, fit in fits.items():
-        z = (fit.params - full.params) / full.bse
+        z = (np.asarray(fit.params) - np.asarray(full.params)) / np.asarray(full.bse)
         print(f"  {name:32s} MSE {np.mean(z ** 2):10.4f}   max |z| {np.max(np.abs(z)):.3f}")

@@ -5,12 +5,15 @@ ORDER BY -> result) has three, and the first one, the streaming scan and aggrega
 all of the work: the raw figure climbs to about 33% and then sits there until the query ends
 (measured: 32% after 14 s of a 14.4 s pass). So each bar is told the share of the first
 pipeline, shows *that* pipeline's progress as "<label>: scan", and then "<label>: finish"
-while the remaining small pipelines run.
+while the remaining small pipelines run. When stderr is not a terminal (a log file, CI), each
+stage prints one line when it ends instead.
 """
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
+import time
 from typing import Iterator
 
 import duckdb
@@ -38,6 +41,11 @@ def progress(con: duckdb.DuckDBPyConnection | None, label: str, enabled: bool,
     """
     if not enabled:
         yield
+        return
+    if not sys.stderr.isatty():  # a log file: one line per stage, not a stream of \r frames
+        t0 = time.perf_counter()
+        yield
+        print(f"{label}: done in {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
         return
     from tqdm import tqdm
 
