@@ -100,3 +100,14 @@ def test_demo_small(capsys):
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if "MSE" in line and "max |z|" in line]
     assert len(lines) == 2 and "squashed (adaptive" in lines[0] and "uniform sample" in lines[1]
+
+
+def test_view_summary(tmp_path):
+    import duckquash
+
+    con = duckquash.connect(str(tmp_path / "v.duckdb"))
+    con.execute("CREATE TABLE t AS SELECT range % 3 AS a, (range * 7 % 101)::DOUBLE AS x FROM range(3000)")
+    res = duckquash.materialize(con, "t_sq", "t", categorical=["a"], quantitative=["x"])
+    text = res.summary()
+    assert "3,000 rows" in text and f"{res.n_points:,} points" in text and "method adaptive" in text
+    assert str(res) == text

@@ -37,6 +37,21 @@ class ViewResult:
     def relation(self) -> duckdb.DuckDBPyRelation:
         return self.con.sql(f"SELECT * FROM {qualified(self.parts or (self.name,))}")
 
+    def summary(self) -> str:
+        """What the view holds and how long building it took (refresh it with ``duckquash.refresh``)."""
+        lines = [f"materialised view {self.name!r}: {self.n_rows:,} rows -> {self.n_points:,} points "
+                 f"in {self.n_regions:,} regions (reduction {self.n_rows / max(self.n_points, 1):,.1f}x)"]
+        if self.plan is not None:
+            sp = self.plan.spec
+            lines.append(f"method {sp.method}; categorical {list(sp.categorical)}; quantitative {list(sp.quantitative)}; "
+                         "moments kept as exact integer sums, so batches add in exactly")
+        if self.timings:
+            lines.append("time " + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()))
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
 
 def build(con: duckdb.DuckDBPyConnection, names: ViewNames, src: Source, spec: SquashSpec, record: dict,
           replace: bool, batches: list | None = None, timings: dict | None = None, version: int = 0) -> ViewResult:
