@@ -256,6 +256,23 @@ def region_bound(binning: Binning, sample: pa.Table | None, categorical: tuple[s
     return int(min(n_rows, max(n_cells, 1) * per_cell))
 
 
+def region_rows(con: duckdb.DuckDBPyConnection, binning: Binning, moments: MomentTable, from_sql: str,
+                regions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every row of ``from_sql`` in the given regions (rows of the moment table), as (region index,
+    DOUBLE values), ordered by region: one scan of the source, only the matching rows leave DuckDB."""
+    q = len(binning.quantitative)
+    v = [value_col(j) for j in range(q)]
+    names = list(moments.categorical + moments.key_columns)
+    reg = moments.table.select(names).take(pa.array(regions)).append_column(
+        "__dq_region", pa.array(np.asarray(regions, dtype=np.int64)))
+    with registered(con, reg, "reg") as reg_view, attached(con, binning):
+        sql = (f"SELECT r.__dq_region{''.join(f', s.{c}' for c in v)} "
+               f"FROM ({keyed_rows_sql(from_sql, binning, moments.categorical)}) s "
+               f"JOIN {ident(reg_view)} r ON {key_match('s', 'r', names)} ORDER BY r.__dq_region")
+        out = con.sql(sql).to_arrow_table()
+    return out.column("__dq_region").to_numpy(), float_matrix(out, tuple(v))
+
+
 def assign_regions(con: duckdb.DuckDBPyConnection, binning: Binning, moments: MomentTable,
                    rows: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """Region index (row of the moment table) and DOUBLE values of each of ``rows``; -1 if no region."""

@@ -30,7 +30,9 @@ from ..sql.build import key_match
 from ..sql.names import N_COL, ROWS_COL
 from ..sql.quote import comma, ident
 from .generate import generate as solve
-from .moments import MomentTable, assign_regions, attached, moment_parts, region_bound, small_rows_sql
+from .binning import float_matrix
+from .moments import (MomentTable, assign_regions, attached, moment_parts, region_bound, region_rows,
+                      small_rows_sql)
 from .plan import SquashPlan, double_sql, merge_sql, plan_from_source
 from .results import SquashReport
 from .spec import SquashSpec
@@ -209,6 +211,46 @@ def generate(con: duckdb.DuckDBPyConnection, plan: SquashPlan, moments: MomentTa
     return out.table, out.regions, np.repeat(np.arange(moments.n_regions), counts)
 
 
+INEXACT_ROWS = 200_000  # the most rows fetched back for regions the solver could not match
+
+
+def _rows_for_inexact(con, plan: SquashPlan, table: MomentTable, from_sql: str, points: pa.Table,
+                      regions: pa.Table, idx: np.ndarray):
+    """Regions the solver could not match exactly (kind "inexact") get their own rows, read back
+    in one more scan of the source: exact in every moment, never a silently wrong region. Rare:
+    one region of 4,138 on the heavy-tailed simulation (152 rows, 5 columns, error 6e-8 sd)."""
+    kind = np.array(regions.column("kind").to_pylist(), dtype=object)
+    n = regions.column("n_rows").to_numpy()
+    bad = np.flatnonzero(kind == "inexact")
+    if bad.size == 0 or int(n[bad].sum()) > INEXACT_ROWS:
+        return points, regions, idx  # none, or too many: left flagged in the report (verify() shows them)
+    rid, values = region_rows(con, plan.binning, table, from_sql, bad)
+    keep = ~np.isin(idx, bad)
+    new_idx = np.concatenate([idx[keep], rid])
+    order = np.argsort(new_idx, kind="stable")
+    cols = {}
+    for c in points.column_names:
+        if c in plan.spec.categorical:
+            cols[c] = pa.concat_arrays([points.column(c).filter(pa.array(keep)).combine_chunks(),
+                                        table.table.column(c).take(pa.array(rid)).combine_chunks()]).take(pa.array(order))
+        elif c == plan.spec.weight:
+            cols[c] = pa.array(np.concatenate([points.column(c).to_numpy()[keep], np.ones(len(rid))])[order])
+    for j, c in enumerate(plan.binning.quantitative):
+        x = np.concatenate([float_matrix(points, (c,))[keep, 0], values[:, j]])[order]
+        cols[c] = pa.array(x, mask=np.isnan(x))
+    points = pa.table({c: cols[c] for c in points.column_names})
+    kind[bad] = "rows"
+    counts = regions.column("n_points").to_numpy().copy()
+    counts[bad] = np.bincount(rid, minlength=len(counts))[bad]
+    err = regions.column("max_resid_deg2").to_numpy().copy()
+    rms = regions.column("rms_resid_deg34").to_numpy().copy()
+    err[bad] = rms[bad] = 0.0
+    for name, arr in (("kind", pa.array(kind.astype(str))), ("n_points", pa.array(counts)),
+                      ("max_resid_deg2", pa.array(err)), ("rms_resid_deg34", pa.array(rms))):
+        regions = regions.set_column(regions.column_names.index(name), name, arr)
+    return points, regions, new_idx[order]
+
+
 # --------------------------------------------------------------------------- the pipeline
 
 def run(con: duckdb.DuckDBPyConnection, plan: SquashPlan | SquashSpec, *, source: Source | None = None,
@@ -250,6 +292,8 @@ def run(con: duckdb.DuckDBPyConnection, plan: SquashPlan | SquashSpec, *, source
             table = read_moments(con, plan, moments, rows=has_rows, extra=extra)
             most = int(table.counts().sum()) if check_shrink else None
             points, regions, idx = generate(con, plan, table, sample, show_progress, most)
+            if source is not None:
+                points, regions, idx = _rows_for_inexact(con, plan, table, source.sql, points, regions, idx)
         n, m = int(table.counts().sum()), points.num_rows
         if check_shrink and m >= n:
             levels = {c: len(set(table.table.column(c).to_pylist())) for c in plan.spec.categorical}
