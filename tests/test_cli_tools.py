@@ -111,3 +111,13 @@ def test_view_summary(tmp_path):
     text = res.summary()
     assert "3,000 rows" in text and f"{res.n_points:,} points" in text and "method adaptive" in text
     assert str(res) == text
+
+
+def test_region_report_has_readable_names():
+    import duckquash
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t AS SELECT range % 3 AS a, (range * 7 % 101)::DOUBLE AS x FROM range(3000)")
+    for kw, keys in (({}, ["missing", "leaf"]), ({"bins": 2}, ["bin[x]"])):
+        names = duckquash.squash(con, "t", categorical=["a"], quantitative=["x"], **kw).report.regions.column_names
+        assert all(k in names for k in keys) and not any(c.startswith("__dq") for c in names), names

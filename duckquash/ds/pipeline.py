@@ -27,7 +27,7 @@ from ..io.progress import progress as progress_bar
 from ..io.source import Source
 from ..io.transaction import create_temp, drop_temp
 from ..sql.build import key_match
-from ..sql.names import N_COL, ROWS_COL
+from ..sql.names import LAYER, LEAF, MISS, N_COL, PYR, PYR2, ROWS_COL, bin_col
 from ..sql.quote import comma, ident
 from .generate import generate as solve
 from .binning import float_matrix
@@ -56,8 +56,20 @@ class Squashed:
         return int(self.moments.counts().sum())
 
     def report(self) -> SquashReport:
-        return SquashReport(self.plan.spec.as_dict(), self.timings, self.regions, self.moments, self.plan.binning,
-                            self.cpu, self.plan)
+        return SquashReport(self.plan.spec.as_dict(), self.timings, _readable(self.regions, self.plan),
+                            self.moments, self.plan.binning, self.cpu, self.plan)
+
+
+def _readable(regions: pa.Table, plan: SquashPlan) -> pa.Table:
+    """The region report with readable key names (``missing``: bit j set when column j is NULL in
+    the region; ``leaf``; ``bin[x1]``; ``layer``, ``pyramid``, ``pyramid2``); a name that is also a
+    user column keeps its internal spelling."""
+    q = plan.binning.quantitative
+    names = {MISS: "missing", LEAF: "leaf", LAYER: "layer", PYR: "pyramid", PYR2: "pyramid2",
+             **{bin_col(j): f"bin[{c}]" for j, c in enumerate(q)}}
+    taken = set(regions.column_names)
+    return regions.rename_columns([names[c] if c in names and names[c] not in taken else c
+                                   for c in regions.column_names])
 
 
 class _Clock:
