@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import uuid
 import weakref
 from dataclasses import dataclass, field
@@ -68,8 +69,9 @@ class _Installed:
 
     folder: str
     owners: list = field(default_factory=list)  # weak references to the connections and cursors installed
-    txid: int | None = None  # the statement (transaction) the files below belong to
-    files: list[str] = field(default_factory=list)
+    # calling thread -> (its current statement's transaction id, its result files); see new_result
+    files: dict = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def owner(self) -> duckdb.DuckDBPyConnection:
         """A live installed connection to run the pipeline on (through a cursor of its own)."""
@@ -80,16 +82,20 @@ class _Installed:
         raise RuntimeError("every connection that installed squash() is closed")
 
     def new_result(self, txid: int) -> str:
-        """A path for the next result file. Files of earlier statements are removed first: a statement
-        has read its squash() results once it ended, and a new statement has a new transaction id
-        (two squash() calls in one statement share it, so neither file goes early)."""
-        if txid != self.txid:
-            for p in self.files:
-                with contextlib.suppress(OSError):
-                    os.unlink(p)
-            self.files, self.txid = [], txid
+        """A path for the next result file. A thread's statements run one after another, and the
+        function runs in the calling thread, so when a thread starts a new statement (a new
+        transaction id) its earlier result files have been read and are removed; other threads'
+        files are left to them (or removed once their thread has ended). Two squash() calls in one
+        statement share its id. Closing the connection removes the folder."""
         path = os.path.join(self.folder, f"{uuid.uuid4().hex}.parquet")
-        self.files.append(path)
+        me = threading.get_ident()
+        alive = {t.ident for t in threading.enumerate()}
+        with self.lock:
+            for key in [k for k, (t, _) in self.files.items() if (k == me and t != txid) or k not in alive]:
+                for p in self.files.pop(key)[1]:
+                    with contextlib.suppress(OSError):
+                        os.unlink(p)
+            self.files.setdefault(me, (txid, []))[1].append(path)
         return path
 
     def remove(self) -> None:
