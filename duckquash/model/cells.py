@@ -58,7 +58,7 @@ import numpy as np
 from ..errors import InternalError
 from ..sql.quote import comma, ident, literal
 from . import families as fam
-from .formula import Design, _py
+from .formula import Design, plain_value
 
 MAX_CELLS = 20_000        # possible cells (product of level counts) above which the direct pass is used (measured above)
 _EXTREME = 1e-10
@@ -102,7 +102,7 @@ class CellPlan:
                 lut = dict(mapping)
                 i = col_index[col]
                 try:
-                    C[:, j] *= np.array([lut[_py(cell[i])] for cell in cells], dtype=float)
+                    C[:, j] *= np.array([lut[plain_value(cell[i])] for cell in cells], dtype=float)
                 except KeyError as e:
                     raise InternalError(f"level {e.args[0]!r} of {col!r} is not in the design's coding") from None
         return C
@@ -241,8 +241,8 @@ def choose(design: Design) -> bool:
 # ---------------------------------------------------------------- the passes
 
 def cell_pass(con, from_sql: str, p: CellPlan, family: str, w_sql: str, beta: np.ndarray | None, first: bool):
-    """The per-cell form of irls._pass: same sums, same meaning."""
-    from .irls import _Sums
+    """The per-cell form of irls._pass: the same sums, as (X'WX, score or X'Wz, sum f, rows, deviance,
+    llf, sum f y^2, extreme, checks)."""
     d = p.design
     ok = f"COALESCE({d.where}, FALSE)"
     eta = fam.start_eta_sql(family, f"({d.response})") if beta is None else p.eta_sql(beta)
@@ -284,7 +284,7 @@ def cell_pass(con, from_sql: str, p: CellPlan, family: str, w_sql: str, beta: np
     k = p.k
     if not good:
         nan = float("nan")
-        return _Sums(np.full((k, k), nan), np.full(k, nan), 0.0, 0, nan, nan, nan, nan, checks)
+        return np.full((k, k), nan), np.full(k, nan), 0.0, 0, nan, nan, nan, nan, checks
     cells = [r[:nk] for r in good]
     vals = np.array([[float("nan") if v is None else float(v) for v in r[nk:nk + nm + nv + len(scal)]]
                      for r in good])
@@ -299,7 +299,7 @@ def cell_pass(con, from_sql: str, p: CellPlan, family: str, w_sql: str, beta: np
     else:
         (dev, ll), extreme = tot, 0.0
     sum_f, rows, yy = fixed
-    return _Sums(A, b, sum_f, rows, float(dev), float(ll), yy, float(extreme), checks)
+    return A, b, sum_f, rows, float(dev), float(ll), yy, float(extreme), checks
 
 
 def cell_meat(con, from_sql: str, p: CellPlan, family: str, w_sql: str, beta: np.ndarray) -> np.ndarray:

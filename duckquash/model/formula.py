@@ -272,10 +272,11 @@ def _levels_value(node: ast.AST, env: Mapping[str, Any], tr: _Translator) -> tup
             value = ast.literal_eval(node)
         except ValueError:
             raise tr.fail(ast.unparse(node)) from None
-    return tuple(_py(v) for v in np.asarray(list(value), dtype=object).tolist())
+    return tuple(plain_value(v) for v in np.asarray(list(value), dtype=object).tolist())
 
 
-def _py(v: Any) -> Any:
+def plain_value(v: Any) -> Any:
+    """A level as a plain Python value (numpy scalars unwrapped, DECIMAL as float), as the coding holds it."""
     if isinstance(v, np.generic):
         return v.item()
     if isinstance(v, Decimal):
@@ -420,7 +421,7 @@ def _find_levels(con, source_sql: str, factors: Mapping[str, _Factor], complete:
         return {}
     aggs = [f"list(DISTINCT {ident(c)} ORDER BY {ident(c)}) FILTER (WHERE {complete})" for c in cat_cols]
     row = con.execute(f"SELECT {comma(aggs)} FROM {source_sql}").fetchall()[0]
-    found = {c: [_py(v) for v in (vals or [])] for c, vals in zip(cat_cols, row)}
+    found = {c: [plain_value(v) for v in (vals or [])] for c, vals in zip(cat_cols, row)}
     for c, vals in found.items():
         if len(vals) > MAX_LEVELS:
             raise InputError(f"categorical variable {c!r} has {len(vals):,} levels (more than {MAX_LEVELS:,})")
@@ -554,13 +555,13 @@ def _coding(spec, f: _Factor, levels: list, reduced: bool) -> list[tuple[str, st
         name = fmt.format(name=f.expr, field=field)
         nz = [(lev, v) for lev, v in zip(lv, values) if v != 0.0]
         if len(nz) == 1 and nz[0][1] == 1.0:
-            sql = f"CAST(({col} = {literal(_py(nz[0][0]))}) AS DOUBLE)"
+            sql = f"CAST(({col} = {literal(plain_value(nz[0][0]))}) AS DOUBLE)"
         elif not nz:
             sql = "0.0"
         else:
-            whens = " ".join(f"WHEN {literal(_py(lev))} THEN {literal(float(v))}" for lev, v in nz)
+            whens = " ".join(f"WHEN {literal(plain_value(lev))} THEN {literal(float(v))}" for lev, v in nz)
             sql = f"(CASE {col} {whens} ELSE 0.0 END)"
-        out.append((name, sql, (f.cat_column, tuple((_py(lev), float(v)) for lev, v in zip(lv, values)))))
+        out.append((name, sql, (f.cat_column, tuple((plain_value(lev), float(v)) for lev, v in zip(lv, values)))))
     return out
 
 
@@ -590,7 +591,7 @@ def _self_check(frame_mm, spec, names, exprs, cells=()) -> None:
             for i, r in enumerate(rows):
                 v = scale
                 for col, mapping in cats:
-                    v *= dict(mapping)[_py(r[len(nums) + keys.index(col)])]
+                    v *= dict(mapping)[plain_value(r[len(nums) + keys.index(col)])]
                 for u in us:
                     v *= r[nums.index(u)]
                 fact[i, j] = v

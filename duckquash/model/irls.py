@@ -53,7 +53,7 @@ def _pass(con, from_sql: str, design: Design, family: str, w_sql: str, beta: np.
 
     ``design`` is the working (centred) design, or a :class:`cells.CellPlan` for the per-cell pass."""
     if isinstance(design, cellpass.CellPlan):
-        return cellpass.cell_pass(con, from_sql, design, family, w_sql, beta, first)
+        return _Sums(*cellpass.cell_pass(con, from_sql, design, family, w_sql, beta, first))
     k = design.k
     cols = [f"{e} AS __x{j}" for j, e in enumerate(design.exprs)]
     ok = f"COALESCE({design.where}, FALSE)"
