@@ -85,7 +85,7 @@ def test_per_cell_robust_covariance(ccon, frame, cov_type):
     direct = duckquash.glm(ccon, "f", formula, "binomial", weight="w", cov_type=cov_type, per_cell=False)
     assert_same(grouped, direct)
     expanded = frame.loc[frame.index.repeat(frame["w"].astype(int))]  # the sandwich counts a row F times
-    ref, names = statsmodels_fit(expanded, formula, "binomial", None, cov_type="HC0")
+    ref, _ = statsmodels_fit(expanded, formula, "binomial", None, cov_type="HC0")
     n, k = grouped.nobs, grouped.design.k
     scale = n / (n - k) if cov_type == "HC1" else 1.0
     np.testing.assert_allclose(grouped.cov_params(), np.asarray(ref.cov_params()) * scale, rtol=1e-6)
@@ -130,7 +130,7 @@ def test_large_means_stay_accurate(con):
     con.register("lm", df)
     formula = "y ~ C(g) + x + C(g):z"
     grouped = duckquash.glm(con, "lm", formula, "binomial", per_cell=True)
-    ref, names = statsmodels_fit(df, formula, "binomial")
+    ref, _ = statsmodels_fit(df, formula, "binomial")
     np.testing.assert_allclose(grouped.params, ref.params, rtol=1e-8)
     np.testing.assert_allclose(grouped.bse, ref.bse, rtol=1e-8)
     assert rel(grouped.params, duckquash.glm(con, "lm", formula, "binomial", per_cell=False).params) <= 1e-8
