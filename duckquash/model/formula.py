@@ -66,6 +66,10 @@ class Design:
         design/response expression finite; statsmodels' ``missing='drop'``.
     levels : the levels found for each categorical factor, by factor expression.
     predictors : the source columns the right-hand side uses (what ``predict`` needs).
+    cells : how each column factors into categorical codings times numeric factors, one entry per
+        column: ``(scale, ((cat_column, ((level, value), ...)), ...), (numeric factor SQL, ...))``,
+        the column being ``scale * prod(value of the row's level) * prod(numeric factors)``; what the
+        per-cell IRLS pass (model/cells.py) needs. Empty when unknown.
     """
 
     response: str | None
@@ -76,6 +80,7 @@ class Design:
     where: str = "TRUE"
     levels: tuple[tuple[str, tuple], ...] = ()
     predictors: tuple[str, ...] = ()
+    cells: tuple = ()
 
     @property
     def k(self) -> int:
@@ -267,10 +272,11 @@ def _levels_value(node: ast.AST, env: Mapping[str, Any], tr: _Translator) -> tup
             value = ast.literal_eval(node)
         except ValueError:
             raise tr.fail(ast.unparse(node)) from None
-    return tuple(_py(v) for v in np.asarray(list(value), dtype=object).tolist())
+    return tuple(plain_value(v) for v in np.asarray(list(value), dtype=object).tolist())
 
 
-def _py(v: Any) -> Any:
+def plain_value(v: Any) -> Any:
+    """A level as a plain Python value (numpy scalars unwrapped, DECIMAL as float), as the coding holds it."""
     if isinstance(v, np.generic):
         return v.item()
     if isinstance(v, Decimal):
@@ -387,15 +393,16 @@ def build_design(con: duckdb.DuckDBPyConnection, source_sql: str, formula: str, 
                          f"({MAX_DESIGN_LEVELS}: one column per level, sums of products per pair of columns); "
                          "coarsen them, or squash first")
     spec, frame = _formulaic_spec(formula, factors, cats, columns, env, bool(lhs_terms))
-    names, exprs = _columns_sql(spec, factors, cats, formula)
-    _self_check(frame, spec, names, exprs)
+    names, exprs, cells = _columns_sql(spec, factors, cats, formula)
+    _self_check(frame, spec, names, exprs, cells)
     conds = [complete] + [f"isfinite({f.sql})" for f in factors.values()
                           if f.sql is not None and not f.sql.startswith("CAST(")]
     return Design(response=response, response_name=response_name, names=tuple(names), exprs=tuple(exprs),
                   variables=variables, where=" AND ".join(conds) if conds else "TRUE",
                   levels=tuple((k, tuple(v)) for k, v in cats.items()),
                   predictors=tuple(dict.fromkeys(v for t in rhs_terms for fa in t.factors
-                                                 if fa.expr in factors for v in factors[fa.expr].used)))
+                                                 if fa.expr in factors for v in factors[fa.expr].used)),
+                  cells=tuple(cells))
 
 
 def _complete_sql(variables: tuple[str, ...], columns: Mapping[str, str]) -> str:
@@ -414,7 +421,7 @@ def _find_levels(con, source_sql: str, factors: Mapping[str, _Factor], complete:
         return {}
     aggs = [f"list(DISTINCT {ident(c)} ORDER BY {ident(c)}) FILTER (WHERE {complete})" for c in cat_cols]
     row = con.execute(f"SELECT {comma(aggs)} FROM {source_sql}").fetchall()[0]
-    found = {c: [_py(v) for v in (vals or [])] for c, vals in zip(cat_cols, row)}
+    found = {c: [plain_value(v) for v in (vals or [])] for c, vals in zip(cat_cols, row)}
     for c, vals in found.items():
         if len(vals) > MAX_LEVELS:
             raise InputError(f"categorical variable {c!r} has {len(vals):,} levels (more than {MAX_LEVELS:,})")
@@ -489,12 +496,15 @@ def _formulaic_spec(formula, factors, cats, columns, env, has_lhs):
     return mm.model_spec, (frame, mm)
 
 
-def _columns_sql(spec, factors, cats, formula) -> tuple[list[str], list[str]]:
-    """One SQL expression per column of formulaic's spec, in its order and with its names."""
+def _columns_sql(spec, factors, cats, formula) -> tuple[list[str], list[str], list[tuple]]:
+    """One SQL expression per column of formulaic's spec, in its order and with its names, and
+    each column's factoring into categorical codings and numeric factors (``Design.cells``)."""
     names: list[str] = []
     exprs: list[str] = []
+    cells: list[tuple] = []
     for struct in spec.structure:
         built: dict[str, str] = {}
+        parts_of: dict[str, tuple] = {}
         for scoped in struct.scoped_terms:
             parts: list[list[tuple[str, str]]] = []
             for sf in scoped.factors:
@@ -503,12 +513,13 @@ def _columns_sql(spec, factors, cats, formula) -> tuple[list[str], list[str]]:
                 if f is None:
                     raise InputError(f"unsupported factor {expr!r} in formula {formula!r}")
                 if f.sql is not None:
-                    parts.append([(expr, f.sql)])
+                    parts.append([(expr, f.sql, None)])
                 else:
                     parts.append(_coding(spec, f, cats[expr], sf.reduced))
             scale = float(getattr(scoped, "scale", 1))
             if not parts:
                 built["Intercept"] = literal(scale)
+                parts_of["Intercept"] = (scale, (), ())
                 continue
             for rev in itertools.product(*reversed(parts)):
                 prod = rev[::-1]
@@ -517,17 +528,21 @@ def _columns_sql(spec, factors, cats, formula) -> tuple[list[str], list[str]]:
                 if scale != 1:
                     sql = f"{literal(scale)} * {sql}"
                 built[name] = sql if len(prod) == 1 else f"({sql})"
+                parts_of[name] = (scale, tuple(p[2] for p in prod if p[2] is not None),
+                                  tuple(p[1] for p in prod if p[2] is None))
         for col in struct.columns:
             if col not in built:
                 raise InternalError(f"cannot map design column {col!r} of {formula!r} to SQL "
                                  f"(have {list(built)})")
             names.append(col)
             exprs.append(built[col])
-    return names, exprs
+            cells.append(parts_of[col])
+    return names, exprs, cells
 
 
-def _coding(spec, f: _Factor, levels: list, reduced: bool) -> list[tuple[str, str]]:
-    """Columns of a categorical factor: (name, SQL) from formulaic's contrast coding matrix."""
+def _coding(spec, f: _Factor, levels: list, reduced: bool) -> list[tuple[str, str, tuple]]:
+    """Columns of a categorical factor from formulaic's contrast coding matrix: (name, SQL,
+    (cat_column, ((level, value), ...))) with the value of every level."""
     kind, state = spec.encoder_state[f.expr]
     cstate = state["contrasts"]
     contrasts, lv = cstate.contrasts, list(cstate.levels)
@@ -540,27 +555,45 @@ def _coding(spec, f: _Factor, levels: list, reduced: bool) -> list[tuple[str, st
         name = fmt.format(name=f.expr, field=field)
         nz = [(lev, v) for lev, v in zip(lv, values) if v != 0.0]
         if len(nz) == 1 and nz[0][1] == 1.0:
-            sql = f"CAST(({col} = {literal(_py(nz[0][0]))}) AS DOUBLE)"
+            sql = f"CAST(({col} = {literal(plain_value(nz[0][0]))}) AS DOUBLE)"
         elif not nz:
             sql = "0.0"
         else:
-            whens = " ".join(f"WHEN {literal(_py(lev))} THEN {literal(float(v))}" for lev, v in nz)
+            whens = " ".join(f"WHEN {literal(plain_value(lev))} THEN {literal(float(v))}" for lev, v in nz)
             sql = f"(CASE {col} {whens} ELSE 0.0 END)"
-        out.append((name, sql))
+        out.append((name, sql, (f.cat_column, tuple((plain_value(lev), float(v)) for lev, v in zip(lv, values)))))
     return out
 
 
-def _self_check(frame_mm, spec, names, exprs) -> None:
-    """DuckDB, evaluating our SQL on the synthetic frame, must reproduce formulaic's matrix."""
+def _self_check(frame_mm, spec, names, exprs, cells=()) -> None:
+    """DuckDB, evaluating our SQL on the synthetic frame, must reproduce formulaic's matrix; so must
+    the factoring of each column into codings and numeric factors (``cells``)."""
     frame, mm = frame_mm
     if not names:
         return
+    nums = list(dict.fromkeys(u for c in cells for u in c[2]))
+    keys = list(dict.fromkeys(col for c in cells for col, _ in c[1]))
     con = duckdb.connect()
     try:
         con.register("__dq_frame", frame)
         got = np.array(con.execute(f"SELECT {comma(exprs)} FROM __dq_frame").fetchall(), dtype=float)
+        if cells:
+            sel = comma([f"CAST({u} AS DOUBLE)" for u in nums] + [ident(k) for k in keys] + ["0"])
+            rows = con.execute(f"SELECT {sel} FROM __dq_frame").fetchall()
     finally:
         con.close()
     want = np.asarray(mm.to_numpy() if hasattr(mm, "to_numpy") else mm, dtype=float)
     if got.shape != want.shape or not np.allclose(got, want, rtol=1e-9, atol=1e-12, equal_nan=True):
         raise InternalError(f"SQL translation of design columns {names} disagrees with formulaic")
+    if cells:
+        fact = np.ones((len(rows), len(cells)))
+        for j, (scale, cats, us) in enumerate(cells):
+            for i, r in enumerate(rows):
+                v = scale
+                for col, mapping in cats:
+                    v *= dict(mapping)[plain_value(r[len(nums) + keys.index(col)])]
+                for u in us:
+                    v *= r[nums.index(u)]
+                fact[i, j] = v
+        if not np.allclose(fact, want, rtol=1e-9, atol=1e-12, equal_nan=True):
+            raise InternalError(f"the per-cell factoring of design columns {names} disagrees with formulaic")

@@ -20,6 +20,7 @@ from ..errors import ConvergenceWarning, InputError, PerfectSeparationWarning
 from ..io.source import is_numeric, resolve
 from ..sql.build import linear_predictor
 from ..sql.quote import comma, ident, literal
+from . import cells as cellpass
 from . import families as fam
 from .formula import Design, build_design
 from .linalg import inverse, scaled_factor, solve
@@ -48,7 +49,11 @@ class _Sums:
 
 def _pass(con, from_sql: str, design: Design, family: str, w_sql: str, beta: np.ndarray | None,
           first: bool) -> _Sums:
-    """One aggregate pass: X'WX, score (or X'Wz when ``beta`` is None), deviance, llf."""
+    """One aggregate pass: X'WX, score (or X'Wz when ``beta`` is None), deviance, llf.
+
+    ``design`` is the working (centred) design, or a :class:`cells.CellPlan` for the per-cell pass."""
+    if isinstance(design, cellpass.CellPlan):
+        return _Sums(*cellpass.cell_pass(con, from_sql, design, family, w_sql, beta, first))
     k = design.k
     cols = [f"{e} AS __x{j}" for j, e in enumerate(design.exprs)]
     ok = f"COALESCE({design.where}, FALSE)"
@@ -108,6 +113,8 @@ def _pass(con, from_sql: str, design: Design, family: str, w_sql: str, beta: np.
 
 def _meat(con, from_sql: str, design: Design, family: str, w_sql: str, beta: np.ndarray) -> np.ndarray:
     """Sum over rows of F (y - mu)^2 x x' (the HC0 meat; each weighted row counts F times)."""
+    if isinstance(design, cellpass.CellPlan):
+        return cellpass.cell_meat(con, from_sql, design, family, w_sql, beta)
     k = design.k
     cols = [f"{e} AS __x{j}" for j, e in enumerate(design.exprs)]
     eta = linear_predictor(beta, [f"__x{j}" for j in range(len(beta))])
@@ -176,35 +183,46 @@ def _warn(status: str, family: str, sums: _Sums, nobs: float, n_iter: int, step:
                                          f"raise max_iter or check the model"), stacklevel=4)
 
 
-def _centred(con, from_sql: str, design: Design) -> tuple[Design, np.ndarray, np.ndarray]:
+def _centred(con, from_sql: str, design: Design, cells: bool = False):
     """With an intercept, shift every other column by a rough mean to condition X'WX.
 
     The shifts are means over the first complete rows (``LIMIT``, not a pass over the data),
     rounded to 2 significant digits. Fitting ``x - c`` only reparameterises the intercept:
-    ``beta = M beta_shifted`` with ``M = I - e0 c'``.
+    ``beta = M beta_shifted`` with ``M = I - e0 c'``. With ``cells``, returns a
+    :class:`cells.CellPlan` (same shifts; the numeric parts shifted by their rough means too)
+    in place of the shifted design.
     """
     k = design.k
     eye = np.eye(k)
-    if "Intercept" not in design.names:
-        return design, eye, eye
-    i0 = design.names.index("Intercept")
-    avgs = comma(f"avg({e})" for e in design.exprs)
+    nums = cellpass.numeric_parts(design) if cells else []
+    has_icept = "Intercept" in design.names
+    if not has_icept and not nums:
+        return (cellpass.plan(design, np.zeros(k), np.zeros(0)) if cells else design), eye, eye
+    avgs = comma([f"avg({e})" for e in design.exprs] + [f"avg(CAST({u} AS DOUBLE))" for u in nums])
     row = con.execute(f"SELECT {avgs} FROM (SELECT * FROM {from_sql} WHERE {design.where} "
                       f"LIMIT {_SHIFT_ROWS})").fetchall()[0]
-    c = np.array([0.0 if v is None or not math.isfinite(v) else float(f"{v:.2g}") for v in row])
-    c[i0] = 0.0
+    rough = np.array([0.0 if v is None or not math.isfinite(v) else float(f"{v:.2g}") for v in row])
+    c, mshift = rough[:k], rough[k:]
+    if has_icept:
+        c[design.names.index("Intercept")] = 0.0
+    else:
+        c[:] = 0.0
+    M, Minv = eye.copy(), eye.copy()
+    if np.any(c):
+        i0 = design.names.index("Intercept")
+        M[i0, :] -= c
+        Minv[i0, :] += c
+    if cells:
+        return cellpass.plan(design, c, mshift), M, Minv
     if not np.any(c):
         return design, eye, eye
     exprs = tuple(e if c[j] == 0 else f"({e} - {literal(float(c[j]))})" for j, e in enumerate(design.exprs))
-    M, Minv = eye.copy(), eye.copy()
-    M[i0, :] -= c
-    Minv[i0, :] += c
     return replace(design, exprs=exprs), M, Minv
 
 
 def fit_design(con: duckdb.DuckDBPyConnection, from_sql: str, design: Design, family: str,
                weight_sql: str | None = None, start: np.ndarray | None = None, max_iter: int = 50,
-               tol: float = 1e-8, *, cov_type: str = "nonrobust") -> GLMResults:
+               tol: float = 1e-8, *, cov_type: str = "nonrobust", per_cell: bool | None = None) -> GLMResults:
     """Fit a GLM of ``design`` over the FROM item ``from_sql`` by IRLS, one SQL pass per iteration.
 
     Parameters
@@ -213,6 +231,8 @@ def fit_design(con: duckdb.DuckDBPyConnection, from_sql: str, design: Design, fa
     start : starting coefficients; default statsmodels' starting mean (gaussian: exact in one pass).
     tol : stop when the Newton step is below ``tol * (1 + max|beta|)``.
     cov_type : ``"nonrobust"``, ``"HC0"`` or ``"HC1"`` (one extra pass for the sandwich's meat).
+    per_cell : aggregate per categorical cell (model/cells.py) rather than per pair of design
+        columns; None chooses (:func:`cells.choose`). Both give the same fit to rounding.
     """
     family = fam.check_family(family)
     if cov_type not in COV_TYPES:
@@ -237,7 +257,11 @@ def fit_design(con: duckdb.DuckDBPyConnection, from_sql: str, design: Design, fa
             raise InputError(f"start must be {k} finite numbers, got shape {beta.shape}")
     elif family == "gaussian":
         beta = np.zeros(k)
-    work, M, Minv = _centred(con, from_sql, design)
+    if per_cell is None:
+        per_cell = cellpass.choose(design)
+    elif per_cell and not (design.cells and len(design.cells) == design.k):
+        raise InputError("per_cell=True needs a design from build_design (its Design.cells)")
+    work, M, Minv = _centred(con, from_sql, design, cells=bool(per_cell))
     if beta is not None:
         beta = Minv @ beta
     sums = _pass(con, from_sql, work, family, w_sql, beta, first=True)
@@ -313,7 +337,7 @@ def fit_design(con: duckdb.DuckDBPyConnection, from_sql: str, design: Design, fa
 
 def fit_source(con: duckdb.DuckDBPyConnection, source: Any, formula: str, family: str = "gaussian",
                weight: str | None = None, *, cov_type: str = "nonrobust", levels: Mapping[str, Any] | None = None,
-               max_iter: int = 50, tol: float = 1e-8) -> GLMResults:
+               max_iter: int = 50, tol: float = 1e-8, per_cell: bool | None = None) -> GLMResults:
     """Fit a GLM of ``formula`` over ``source`` inside DuckDB (see :func:`duckquash.glm`)."""
     src = resolve(con, source)
     try:
@@ -327,7 +351,7 @@ def fit_source(con: duckdb.DuckDBPyConnection, source: Any, formula: str, family
         elif src.columns.get("weight", "").upper() == "DOUBLE" and "weight" not in design.variables:
             weight, note = "weight", " (used automatically: the source has a DOUBLE column named 'weight')"
         res = fit_design(con, src.sql, design, family, ident(weight) if weight else None,
-                         max_iter=max_iter, tol=tol, cov_type=cov_type)
+                         max_iter=max_iter, tol=tol, cov_type=cov_type, per_cell=per_cell)
     finally:
         src.close()
     return replace(res, weight=weight, weight_note=note)
