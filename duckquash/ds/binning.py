@@ -342,12 +342,26 @@ def fit_binning(con: duckdb.DuckDBPyConnection, src: Source, spec: SquashSpec,
     points predicted from the sample (adaptive regions and ``size=``; else None). ``headroom``:
     the largest |z| a region's units allow (``forest.units``; small for fixed-point sums)."""
     q = spec.quantitative
-    floats = [src.columns[c].upper().split("(")[0] in FLOAT_TYPES for c in q]
+    floats = float_flags(src.columns, q)
     extent = _extent(con, src, spec, floats)
     if extent.n_rows == 0:
         raise InputError(f"{src.label} is empty: there is nothing to squash")
     need_sample = bool(q) or spec.size is not None or spec.method == "adaptive"
     sample_rows = draw_sample(con, src, spec, extent.n_rows) if need_sample else pa.table({})
+    return binning_from_sample(spec, floats, extent, sample_rows, headroom)
+
+
+def float_flags(column_types: dict[str, str], quantitative: Sequence[str]) -> list[bool]:
+    """Which quantitative columns can hold NaN, from their (DuckDB) type names."""
+    return [column_types[c].upper().split("(")[0] in FLOAT_TYPES for c in quantitative]
+
+
+def binning_from_sample(spec: SquashSpec, floats: list[bool], extent: Extent, sample_rows: pa.Table,
+                        headroom: float = DOUBLE_HEADROOM
+                        ) -> tuple[Binning, Extent, pa.Table, SquashSpec, float | None]:
+    """:func:`fit_binning` from its two passes' results, computed wherever the data lives: the global
+    ``extent`` (count, min and max ignoring NaN) and ``sample_rows`` (the sample, in hash order)."""
+    q = spec.quantitative
     sample = float_matrix(sample_rows, q)
     center, scale, edges = [], [], []
     for j in range(len(q)):
