@@ -128,7 +128,7 @@ class SquashPlan:
         if dialect != "duckdb" and part is not None:
             raise InputError("part= splits the pass by DuckDB's hash(); it is for DuckDB only")
         sql = moment_sql(FROM_PLACEHOLDER, self.binning, self.extent, self.spec.categorical, self.exps, part=part,
-                         exact=self.exact)
+                         exact=self.exact, scalar_nodes=dialect == "spark")
         if rows and dialect == "duckdb" and self.keeps_rows:
             sql = self._with_rows(sql, part)
         return render(sql, dialect, from_sql)
@@ -145,7 +145,7 @@ class SquashPlan:
         keys = list(self.key_columns)
         v = [value_col(j) for j in range(len(self.binning.quantitative))]
         sql = (f"SELECT {comma([f's.{ident(c)}' for c in keys] + [f's.{c}' for c in v])} "
-               f"FROM ({keyed_rows_sql(FROM_PLACEHOLDER, self.binning, self.spec.categorical)}) AS s "
+               f"FROM ({keyed_rows_sql(FROM_PLACEHOLDER, self.binning, self.spec.categorical, scalar_nodes=dialect == 'spark')}) AS s "
                f"SEMI JOIN {ident(regions)} AS t ON {key_match('s', 't', keys)}")
         return render(sql, dialect, from_sql)
 

@@ -104,6 +104,7 @@ def _for_spark(tree):
             return exp.Cast(this=exp.Anonymous(this="rint", expressions=[node.this.copy()]), to=node.to.copy())
         return node
 
+    tree = tree.transform(rounded_cast)  # before the INT casts of list indexes below, which are integral
     while (b := tree.find(exp.Bracket)) is not None:  # outermost first; the copies are found next
         if len(b.expressions) != 1:
             raise InternalError(f"cannot render a list slice for spark: {b.sql()}")
@@ -113,5 +114,4 @@ def _for_spark(tree):
             tree = at
         else:
             b.replace(at)
-    tree = tree.transform(rounded_cast)
     return tree.transform(exact_sum)
