@@ -1,7 +1,8 @@
 """The moment pass on Apache Spark (local mode) gives DuckDB's integers; squash and refresh via Spark equal DuckDB's.
 
 One local Spark session for the module (``local[2]``, 4 shuffle partitions); skipped only when
-pyspark or Java is missing. CI installs the ``spark`` extra, so there these run.
+pyspark or Java is missing, and then only outside CI (``.ci/run`` sets DUCKQUASH_REQUIRE_SPARK=1,
+which turns a missing pyspark or Java into a failure).
 """
 from __future__ import annotations
 
@@ -18,9 +19,18 @@ import duckquash
 
 from .conftest import paper_like
 
-pyspark = pytest.importorskip("pyspark", reason="needs pyspark (pip install 'duckquash[spark]')")
+REQUIRED = os.environ.get("DUCKQUASH_REQUIRE_SPARK") == "1"  # set by .ci/run: there a skip is a failure
 JAVA = shutil.which("java") or (os.environ.get("JAVA_HOME") and os.path.exists(os.path.join(os.environ["JAVA_HOME"], "bin", "java")))
-pytestmark = pytest.mark.skipif(not JAVA, reason="needs Java (a JDK/JRE on PATH or JAVA_HOME) to start Spark")
+try:
+    import pyspark  # noqa: F401
+except ImportError:
+    if REQUIRED:
+        raise
+    pytest.skip("needs pyspark (pip install 'duckquash[spark]')", allow_module_level=True)
+if not JAVA:
+    if REQUIRED:
+        raise RuntimeError("tests/test_spark.py needs Java (a JDK/JRE on PATH or JAVA_HOME) to start Spark")
+    pytest.skip("needs Java (a JDK/JRE on PATH or JAVA_HOME) to start Spark", allow_module_level=True)
 
 import duckquash.spark  # noqa: E402 - after the skips
 
@@ -109,7 +119,7 @@ def test_squash_via_spark_equals_squash_via_duckdb(spark, data, tmp_path):
     # the table has fewer rows than the sample size: the Spark sample is DuckDB's sample, so the plan is DuckDB's
     ref_plan = duckquash.squash_plan(con, "t", categorical=CAT, quantitative=QUANT)
     assert plan.to_json() == ref_plan.to_json()
-    ref = duckquash.squash_from_moments(con, ref_plan, [con.sql(ref_plan.moment_sql("t"))], into="via_duckdb",
+    duckquash.squash_from_moments(con, ref_plan, [con.sql(ref_plan.moment_sql("t"))], into="via_duckdb",
                                         sample="t")
     got = con.sql("SELECT * FROM via_spark").fetchall()
     want = con.sql("SELECT * FROM via_duckdb").fetchall()
@@ -120,7 +130,6 @@ def test_squash_via_spark_equals_squash_via_duckdb(spark, data, tmp_path):
     duckquash.spark.squash(sdf, plan=ref_plan, into=path)
     ref2 = duckquash.squash_from_moments(con, ref_plan, [con.sql(ref_plan.moment_sql("t"))], into="via_duckdb2")
     assert pq.read_table(path).to_pylist() == con.sql("SELECT * FROM via_duckdb2").to_arrow_table().to_pylist()
-    assert ref.n_points == ref2.n_points or ref2.n_points > 0
 
 
 def test_refresh_with_rows_on_spark_equals_refresh_with_rows_in_duckdb(spark, data):
