@@ -10,6 +10,11 @@ file) in DuckDB (``threads`` = cores) and in Spark (``local[cores]``, the query 
 identical. Prints rows/s of each. On one machine Spark is slower (JVM, row-at-a-time aggregation
 of ~2x as many BIGINT sums: each exact sum is a high and a low part); the pass is one
 aggregation, so on a cluster it scales with executors, and only the moment table travels.
+
+Measured (2-core machine shared with other jobs, load average 9-13, 2026-12-02; ``--quant 2``,
+adaptive, 14 exact sums, 49,152 regions): DuckDB 219.1 s (91,265 rows/s), Spark local[2] 1562.6 s
+(12,799 rows/s; session start 77 s not counted), 7.1x; the moment tables identical. With 5
+columns (114 sums) on 200k rows: DuckDB 2.1 s (94,979 rows/s), Spark 147.7 s (1,354 rows/s).
 """
 from __future__ import annotations
 
