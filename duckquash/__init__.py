@@ -8,6 +8,8 @@ Weights in every output are frequency weights summing to the number of input row
     ds, model  data squashing (Group -> Momentize -> Generate) | GLMs fitted in SQL
     lds, views likelihood-based squashing | materialised squashed views
     api        squash() and glm(), which choose between the layers above
+    spark      the moment pass on Apache Spark, Generate here (``duckquash.spark``; optional
+               extra, imported only when used: the core never imports pyspark)
     baselines  uniform/OSMAC samples and the evaluation protocol
     frontends  command line, SQL entry point, demo
 

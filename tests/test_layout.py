@@ -7,7 +7,7 @@ Every ``import`` in the package counts, including those inside functions. Layers
     2  io         (sources, writes, transactions, progress)
     3  ds | model (siblings: neither imports the other)
     4  lds | views
-    5  api        (squash() and glm() dispatch between the layers above)
+    5  api | spark (squash() and glm() dispatch between the layers above | momentize on Spark, generate here)
     6  baselines
     7  frontends
     8  the package root and ``__main__`` (the public facade; nothing imports it)
@@ -22,7 +22,7 @@ import pathlib
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "duckquash"
-LAYERS = {"errors": 0, "version": 0, "sql": 1, "io": 2, "ds": 3, "model": 3, "lds": 4, "views": 4, "api": 5,
+LAYERS = {"errors": 0, "version": 0, "sql": 1, "io": 2, "ds": 3, "model": 3, "lds": 4, "views": 4, "api": 5, "spark": 5,
           "baselines": 6, "frontends": 7, "__init__": 8, "__main__": 8}
 
 
@@ -169,3 +169,13 @@ def test_the_checks_catch_violations(tmp_path, monkeypatch, detector):
              "private": test_no_private_names_from_other_modules}[detector]
     with pytest.raises(AssertionError):
         check()
+
+
+def test_the_core_does_not_import_pyspark():
+    """pyspark is an optional extra: importing duckquash (and even duckquash.spark) does not load it."""
+    import subprocess
+    import sys
+
+    code = "import sys, duckquash, duckquash.spark; print('pyspark' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT.parent, check=True)
+    assert out.stdout.strip() == "False"

@@ -103,13 +103,14 @@ def reframe(raw: dict[tuple[int, ...], np.ndarray], n: np.ndarray, shift: np.nda
 
 
 def keyed_rows_sql(from_sql: str, binning: Binning, categorical: tuple[str, ...], carry: tuple[str, ...] = (),
-                   part: tuple[int, int] | None = None) -> str:
+                   part: tuple[int, int] | None = None, scalar_nodes: bool = False) -> str:
     """Rows of ``from_sql`` with categoricals, DOUBLE values ``value_col(j)``, region keys and the values
     in their region's power-sum units ``z_col(j)`` (see :class:`Binning`).
 
     ``carry`` names further columns passed through unchanged. ``part=(k, K)`` keeps only the
     regions whose key hashes to k modulo K (see :func:`moment_parts`). Adaptive binnings read the
-    tables of :meth:`Binning.aux_tables` (see :func:`attached`).
+    tables of :meth:`Binning.aux_tables` (see :func:`attached`); ``scalar_nodes``: see
+    :meth:`Binning.adaptive_keys_sql` (for Spark).
     """
     q = len(binning.quantitative)
     cats = [ident(c) for c in categorical + carry]
@@ -118,7 +119,7 @@ def keyed_rows_sql(from_sql: str, binning: Binning, categorical: tuple[str, ...]
     # aliased subqueries: plain SQL that PostgreSQL (< 16) accepts too
     sql = f"SELECT {comma(cats + [f'{binning.value_sql(j)} AS {v[j]}' for j in range(q)])} FROM {from_sql}"
     if binning.method == "adaptive" and q:  # the node lists it attaches are dropped by the last SELECT
-        sql = binning.adaptive_keys_sql(sql, categorical, v)
+        sql = binning.adaptive_keys_sql(sql, categorical, v, scalar_nodes)
         g = [None] * q
     else:
         g = [f"__dq_g_{j}" for j in range(q)]
@@ -128,7 +129,7 @@ def keyed_rows_sql(from_sql: str, binning: Binning, categorical: tuple[str, ...]
             sql = (f"SELECT *, {comma(f'{e} AS {k}' for e, k in zip(binning.key_sql(v, g), keys))} "
                    f"FROM ({sql}) AS __dq_s2")
     if q:
-        zs = comma(f"{binning.local_z_sql(j, v[j], g[j])} AS {z[j]}" for j in range(q))
+        zs = comma(f"{binning.local_z_sql(j, v[j], g[j], scalar_nodes)} AS {z[j]}" for j in range(q))
         sql = f"SELECT {comma(cats + v + keys)}, {zs} FROM ({sql}) AS __dq_s3"
     if part is None or part[1] <= 1:
         return sql
@@ -170,7 +171,8 @@ def install_aux(con: duckdb.DuckDBPyConnection, binning: Binning) -> None:
 
 
 def moment_sql(from_sql: str, binning: Binning, extent: Extent, categorical: tuple[str, ...],
-               exps: Sequence[tuple[int, ...]], part: tuple[int, int] | None = None, exact: bool = True) -> str:
+               exps: Sequence[tuple[int, ...]], part: tuple[int, int] | None = None, exact: bool = True,
+               scalar_nodes: bool = False) -> str:
     """The moment query over the FROM item ``from_sql``: one row per region, sorted by region key.
 
     ``exact``: each power sum is an exact ``HUGEINT`` total of terms scaled by ``2**fraction_bits``
@@ -194,7 +196,7 @@ def moment_sql(from_sql: str, binning: Binning, extent: Extent, categorical: tup
             aggs.append(f"sum(({term} * {literal(float(2.0 ** bits))})::BIGINT) AS {moment_col(e)}")
     group = comma(cats + keys)
     return (f"SELECT {comma(cats + keys + aggs)}\n"
-            f"FROM ({keyed_rows_sql(from_sql, binning, categorical, part=part)}) AS __dq_keyed\n"
+            f"FROM ({keyed_rows_sql(from_sql, binning, categorical, part=part, scalar_nodes=scalar_nodes)}) AS __dq_keyed\n"
             + (f"GROUP BY {group}\nORDER BY {key_order(list(categorical) + keys)}" if group else ""))
 
 

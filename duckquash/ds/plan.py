@@ -33,13 +33,13 @@ from ..errors import InputError
 from ..io.source import Source
 from ..sql.build import key_match, key_order
 from ..sql.dialect import FROM_PLACEHOLDER, check_dialect, render
-from ..sql.names import N_COL, ROWS_COL, max_col, min_col, moment_col
+from ..sql.names import N_COL, ROWS_COL, max_col, min_col, moment_col, value_col
 from ..sql.quote import comma, ident, literal
-from .binning import Binning, Extent, fit_binning
+from .binning import Binning, Extent, binning_from_sample, fit_binning, float_flags
 from .forest import DOUBLE_HEADROOM, EXACT_HEADROOM, Forest
 from .generate import exact_row_limit
 from .points import n_points
-from .moments import exponents, fraction_bits, install_aux, moment_sql, small_rows_sql
+from .moments import exponents, fraction_bits, install_aux, keyed_rows_sql, moment_sql, small_rows_sql
 from .spec import SquashSpec
 
 ROWS_AT_HAND = 64
@@ -110,20 +110,43 @@ class SquashPlan:
         ``rows=False`` drops the DuckDB-only ``min(list, k)`` aggregate; the merged table then
         fits tiny regions instead of keeping their rows. ``dialect="postgres"`` (implies
         ``rows=False``) renders the query for PostgreSQL; the sums then come back as NUMERIC,
-        exactly the integers DuckDB computes (both engines round a DOUBLE to BIGINT half to even).
-        HypRect plans only: Data Sphere keys use DuckDB list functions. ``part=(k, K)``: only the
+        exactly the integers DuckDB computes (both engines round a DOUBLE to BIGINT half to even);
+        HypRect plans only. ``dialect="spark"`` (implies ``rows=False``) renders it for Spark SQL,
+        HypRect and adaptive plans (the adaptive plan's ``binning.aux_tables()`` registered as
+        temp views under their names); the sums come back as DECIMAL(38,0), exactly DuckDB's
+        integers (see :mod:`duckquash.sql.dialect`). Data Sphere keys use DuckDB list functions:
+        DuckDB only. ``part=(k, K)``: only the
         regions whose key hashes to k modulo K (DuckDB; see :func:`duckquash.ds.moments.moment_parts`).
         ``from_sql`` is inserted verbatim after the rest is rendered for the dialect.
         """
         check_dialect(dialect)
-        if dialect != "duckdb" and self.binning.method != "hyprect":
-            raise InputError(f"moment SQL for {dialect} is available for HypRect plans only")
+        if dialect == "postgres" and self.binning.method != "hyprect":
+            raise InputError("moment SQL for postgres is available for HypRect plans only")
+        if dialect == "spark" and self.binning.method == "datasphere":
+            raise InputError("moment SQL for spark is available for HypRect and adaptive plans (Data Sphere keys "
+                             "use DuckDB list functions)")
         if dialect != "duckdb" and part is not None:
             raise InputError("part= splits the pass by DuckDB's hash(); it is for DuckDB only")
         sql = moment_sql(FROM_PLACEHOLDER, self.binning, self.extent, self.spec.categorical, self.exps, part=part,
-                         exact=self.exact)
+                         exact=self.exact, scalar_nodes=dialect == "spark")
         if rows and dialect == "duckdb" and self.keeps_rows:
             sql = self._with_rows(sql, part)
+        return render(sql, dialect, from_sql)
+
+    def region_rows_sql(self, from_sql: str, regions: str, *, dialect: str = "duckdb") -> str:
+        """The rows of ``from_sql`` in the regions that the table ``regions`` lists (a table name with the
+        key columns), as region keys and DOUBLE values ``__dq_v_j``, rendered for ``dialect``.
+
+        For engines without DuckDB's ``min(list, k)``: they return the few rows of the tiny regions
+        (at most ``fetch_rows`` each) and :func:`row_lists_sql` builds here the ``ROWS_COL`` lists
+        that ``moment_sql(rows=True)`` gives in DuckDB.
+        """
+        check_dialect(dialect)
+        keys = list(self.key_columns)
+        v = [value_col(j) for j in range(len(self.binning.quantitative))]
+        sql = (f"SELECT {comma([f's.{ident(c)}' for c in keys] + [f's.{c}' for c in v])} "
+               f"FROM ({keyed_rows_sql(FROM_PLACEHOLDER, self.binning, self.spec.categorical, scalar_nodes=dialect == 'spark')}) AS s "
+               f"SEMI JOIN {ident(regions)} AS t ON {key_match('s', 't', keys)}")
         return render(sql, dialect, from_sql)
 
     def _with_rows(self, sql: str, part: tuple[int, int] | None = None) -> str:
@@ -211,8 +234,22 @@ def plan_from_source(con: duckdb.DuckDBPyConnection, src: Source, spec: SquashSp
     With ``spec.size`` the plan's spec carries the alpha (and exact_covariance) that land near it.
     """
     src.check_columns(spec.columns, spec.quantitative)
-    binning, observed, sample, spec, predicted = fit_binning(con, src, spec,
-                                                             EXACT_HEADROOM if reusable else DOUBLE_HEADROOM)
+    fitted = fit_binning(con, src, spec, EXACT_HEADROOM if reusable else DOUBLE_HEADROOM)
+    return _plan(fitted, tuple((c, src.columns[c]) for c in spec.columns), reusable), fitted[2]
+
+
+def plan_from_sample(spec: SquashSpec, column_types: dict[str, str], extent: Extent, sample_rows: pa.Table,
+                     reusable: bool = True) -> SquashPlan:
+    """The plan :func:`plan_from_source` fits, from the Group stage's two passes computed elsewhere
+    (e.g. on Spark): the global ``extent`` (count, min, max ignoring NaN), ``sample_rows`` (the
+    sample in DuckDB's hash order) and each input column's DuckDB type."""
+    floats = float_flags(column_types, spec.quantitative)
+    fitted = binning_from_sample(spec, floats, extent, sample_rows, EXACT_HEADROOM if reusable else DOUBLE_HEADROOM)
+    return _plan(fitted, tuple((c, column_types[c]) for c in spec.columns), reusable)
+
+
+def _plan(fitted: tuple, types: tuple[tuple[str, str], ...], reusable: bool) -> SquashPlan:
+    binning, observed, sample, spec, predicted = fitted
     q = len(spec.quantitative)
     most = int(n_points(np.array([observed.n_rows]), np.array([q]), spec.alpha, spec.method,
                         spec.exact_covariance)[0]) + 1  # + 1: the solver's two points for one
@@ -224,8 +261,7 @@ def plan_from_source(con: duckdb.DuckDBPyConnection, src: Source, spec: SquashSp
     # regions this small keep their rows at hand: as their points when they cannot shrink, and as the
     # exact answer where the solver cannot match them (flights: 11 of 1,524 regions, 14-60 rows)
     fetch_rows = max(exact_row_limit(spec.alpha, q, spec.method), ROWS_AT_HAND) if spec.alpha > 0 else 0
-    types = tuple((c, src.columns[c]) for c in spec.columns)
-    return SquashPlan(spec, binning, extent, observed, fetch_rows, types, exps, reusable, predicted), sample
+    return SquashPlan(spec, binning, extent, observed, fetch_rows, types, exps, reusable, predicted)
 
 
 def merge_sql(plan: SquashPlan, from_items: Sequence[str], *, rows: bool = True) -> str:
@@ -255,6 +291,16 @@ def merge_sql(plan: SquashPlan, from_items: Sequence[str], *, rows: bool = True)
              f"FROM (SELECT {comma(keys + [f'unnest({ident(ROWS_COL)}) AS __dq_r'])} FROM ({union})) {group}")
     return (f"SELECT m.*, CASE WHEN m.{ident(N_COL)} <= {int(plan.fetch_rows)} THEN l.{ident(ROWS_COL)} END "
             f"AS {ident(ROWS_COL)} FROM ({merged}) m LEFT JOIN ({lists}) l ON {key_match('m', 'l', plan.key_columns)}")
+
+
+def row_lists_sql(plan: SquashPlan, rows_item: str) -> str:
+    """``ROWS_COL`` lists (the ``fetch_rows`` smallest value lists, sorted) per region of the rows in
+    ``rows_item`` (a FROM item with the key columns and values ``__dq_v_j``, see
+    :meth:`SquashPlan.region_rows_sql`): what ``min([values], k)`` gives inside DuckDB's moment SQL."""
+    keys = [ident(k) for k in plan.key_columns]
+    v = comma(value_col(j) for j in range(len(plan.binning.quantitative)))
+    group = f" GROUP BY {comma(keys)}" if keys else ""
+    return f"SELECT {comma(keys + [f'min([{v}], {int(plan.fetch_rows)}) AS {ident(ROWS_COL)}'])} FROM {rows_item}{group}"
 
 
 def double_sql(plan: SquashPlan, from_item: str, *, rows: bool = True, extra: Sequence[str] = ()) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import duckdb
 import pyarrow as pa
@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 
 from ..ds import pipeline
 from ..ds.binning import sample_sql
-from ..ds.plan import SquashPlan, overflow_columns
+from ..ds.plan import SquashPlan, check_moment_columns, overflow_columns
 from ..errors import InputError
 from ..io.source import Source, resolve
 from ..io.transaction import Transaction, refuse_open_transaction, create_temp, drop_temp, registered
@@ -103,45 +103,127 @@ def refresh(con: duckdb.DuckDBPyConnection, name: str | Sequence[str], new_rows:
     refuse_open_transaction(con, "refresh()")
     meta = read_meta(con, names)
     plan, version = stored_plan(names, meta)
+    _check_options(batch_id, max_update_share)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    src = resolve(con, new_rows)
+    try:
+        check_types(src, plan)
+        stats = batch_stats(con, src, plan)
+        log = _check_new(con, names, batch_id, stats)
+        if rebin and stats.n_rows:
+            drift, by_col = _drift(plan, stats)
+            timings["check"] = time.perf_counter() - t0
+            return _rebin(con, names, meta, plan, src, source_record(new_rows, src), stats, batch_id, drift, by_col,
+                          timings)
+
+        def moments(n_regions: int) -> str:
+            return pipeline.momentize(con, plan, src.sql, n_regions=n_regions)
+
+        return _fold(con, names, plan, version, log, stats, source_record(new_rows, src), batch_id, max_update_share,
+                     moments, lambda: _new_sample(con, plan, src), timings, t0)
+    finally:
+        src.close()
+
+
+@dataclass(frozen=True)
+class Batch:
+    """New rows whose passes ran elsewhere (e.g. on Spark), as :func:`refresh_batch` folds them in.
+
+    ``columns``: each input column's DuckDB type (checked against the view's); ``stats``: the
+    batch pass (:func:`duckquash.views.storage.batch_stats_sql` run there); ``moments``: called
+    once the checks pass, returns the batch's integer moment table under the view's plan, with
+    the tiny regions' row lists (``ROWS_COL``) as ``plan.moment_sql(rows=True)`` gives them;
+    ``sample``: called when regions are re-solved, returns sampled new rows (the view's input
+    columns) to start the solver from. A batch cannot be rebinned (its rows are not readable here).
+    """
+
+    label: str
+    columns: dict[str, str]
+    stats: BatchStats
+    moments: Callable[[], pa.Table]
+    sample: Callable[[], pa.Table]
+
+
+def refresh_batch(con: duckdb.DuckDBPyConnection, name: str | Sequence[str], batch: Batch, *,
+                  batch_id: str | None = None, max_update_share: float = 0.1) -> RefreshReport:
+    """:func:`refresh` with new rows momentized elsewhere (a :class:`Batch`); the same checks, the same
+    merge and re-solve, the same result as when the rows are read here."""
+    names = ViewNames.of(name)
+    refuse_open_transaction(con, "refresh()")
+    meta = read_meta(con, names)
+    plan, version = stored_plan(names, meta)
+    _check_options(batch_id, max_update_share)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    check_types(Source("", dict(batch.columns), batch.label), plan)
+    log = _check_new(con, names, batch_id, batch.stats)
+
+    def moments(n_regions: int) -> str:
+        table = batch.moments()
+        with registered(con, table, "batch") as view:
+            check_moment_columns(con, plan, ident(view), f"the moment table of {batch.label}")
+            return create_temp(con, f"SELECT * FROM {ident(view)}", "moments")
+
+    def sample() -> pa.Table:
+        rows = batch.sample()
+        with registered(con, rows, "sample") as view:
+            return _new_sample(con, plan, Source(ident(view), dict(batch.columns), batch.label))
+
+    return _fold(con, names, plan, version, log, batch.stats, {"label": batch.label, "source": None}, batch_id,
+                 max_update_share, moments, sample, timings, t0)
+
+
+def _check_options(batch_id, max_update_share) -> None:
     if isinstance(max_update_share, bool) or not isinstance(max_update_share, (int, float)) \
             or not 0 <= max_update_share <= 1:
         raise InputError(f"max_update_share must be a number in [0, 1], got {max_update_share!r}")
     if batch_id is not None and (not isinstance(batch_id, str) or not batch_id):
         raise InputError(f"batch_id must be a non-empty string, got {batch_id!r}")
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    src = resolve(con, new_rows)
+
+
+def _check_new(con: duckdb.DuckDBPyConnection, names: ViewNames, batch_id: str | None, stats: BatchStats) -> list:
+    """Refuse a batch id or content already folded in; returns the batch log."""
+    log = con.execute(f"SELECT batch_id, fingerprint FROM {names.q('__batches')} ORDER BY seq").fetchall()
+    if batch_id is not None and batch_id in {b for b, _ in log}:
+        raise InputError(f"batch {batch_id!r} was already folded into {names.label!r}; nothing changed")
+    dup = [(i, b) for i, (b, f) in enumerate(log) if f == stats.fingerprint]
+    if dup and stats.n_rows:
+        seq, which = dup[0]
+        name = f"batch {which!r}" if which is not None else f"batch #{seq} (no id)"
+        raise InputError(f"these {stats.n_rows:,} rows were already folded into {names.label!r} "
+                         f"(same content as {name}); nothing changed")
+    return log
+
+
+def _drift(plan: SquashPlan, stats: BatchStats) -> tuple[float, dict[str, float]]:
+    drift = stats.n_outside / stats.n_rows if stats.n_rows else 0.0
+    by_col = {c: (stats.outside[j] / stats.n_rows if stats.n_rows else 0.0)
+              for j, c in enumerate(plan.binning.quantitative)}
+    return drift, by_col
+
+
+def _fold(con: duckdb.DuckDBPyConnection, names: ViewNames, plan: SquashPlan, version: int, log: list,
+          stats: BatchStats, record: dict, batch_id: str | None, max_update_share: float,
+          momentize: Callable[[int], str], new_sample: Callable[[], pa.Table], timings: dict[str, float],
+          t0: float) -> RefreshReport:
+    """Add a batch's moments (``momentize(n_regions)``: its integer moment TEMP table) to the stored sums,
+    re-solve or update the touched regions, write everything in one transaction."""
+    drift, by_col = _drift(plan, stats)
+    timings["check"] = time.perf_counter() - t0
+    total = int(con.execute(f"SELECT coalesce(sum({ident(N_COL)}), 0)::BIGINT FROM {names.q('__moments')}").fetchall()[0][0])
+    if stats.n_rows == 0:
+        return RefreshReport(names.label, batch_id, 0, total, 0, 0, 0, 0.0, by_col, False, timings)
+    seq = len(log)
+    bad = overflow_columns(plan, stats.minimum, stats.maximum)
+    if bad:
+        raise InputError(f"new values of {bad} lie so far outside the view's range that exact sums would "
+                         "overflow; refresh with rebin=True (or materialize again); nothing changed")
     temps: list[str] = []
     try:
-        check_types(src, plan)
-        stats = batch_stats(con, src, plan)
-        log = con.execute(f"SELECT batch_id, fingerprint FROM {names.q('__batches')} ORDER BY seq").fetchall()
-        if batch_id is not None and batch_id in {b for b, _ in log}:
-            raise InputError(f"batch {batch_id!r} was already folded into {names.label!r}; nothing changed")
-        dup = [(i, b) for i, (b, f) in enumerate(log) if f == stats.fingerprint]
-        if dup and stats.n_rows:
-            seq, which = dup[0]
-            name = f"batch {which!r}" if which is not None else f"batch #{seq} (no id)"
-            raise InputError(f"these {stats.n_rows:,} rows were already folded into {names.label!r} "
-                             f"(same content as {name}); nothing changed")
-        drift = stats.n_outside / stats.n_rows if stats.n_rows else 0.0
-        by_col = {c: (stats.outside[j] / stats.n_rows if stats.n_rows else 0.0)
-                  for j, c in enumerate(plan.binning.quantitative)}
-        timings["check"] = time.perf_counter() - t0
-        total = int(con.execute(f"SELECT coalesce(sum({ident(N_COL)}), 0)::BIGINT FROM {names.q('__moments')}").fetchall()[0][0])
-        if stats.n_rows == 0:
-            return RefreshReport(names.label, batch_id, 0, total, 0, 0, 0, 0.0, by_col, False, timings)
-        record = source_record(new_rows, src)
-        seq = len(log)
-        if rebin:
-            return _rebin(con, names, meta, plan, src, record, stats, batch_id, drift, by_col, timings)
-        bad = overflow_columns(plan, stats.minimum, stats.maximum)
-        if bad:
-            raise InputError(f"new values of {bad} lie so far outside the view's range that exact sums would "
-                             "overflow; refresh with rebin=True (or materialize again); nothing changed")
         t0 = time.perf_counter()
         stored = con.execute(f"SELECT count(*) FROM {names.q('__moments')}").fetchall()[0][0]
-        new = pipeline.momentize(con, plan, src.sql, n_regions=max(int(stored), 1))
+        new = momentize(max(int(stored), 1))
         temps.append(new)
         keys = list(plan.key_columns)
         old_sub = (f"(SELECT * FROM {names.q('__moments')} o WHERE EXISTS "
@@ -170,7 +252,7 @@ def refresh(con: duckdb.DuckDBPyConnection, name: str | Sequence[str], new_rows:
                 rest = (f"(SELECT * FROM temp.{ident(merged)} m WHERE NOT EXISTS "
                         f"(SELECT 1 FROM {ident(upd)} u WHERE u.{REGION} = m.{REGION}))")
                 out, _ = pipeline.run(con, plan, moments=rest, extra=[REGION],
-                                      sample=_warm_starts(con, plan, src, old_points))
+                                      sample=_warm_starts(plan, new_sample(), old_points))
             ids = out.moments.table.column(REGION).to_numpy()[out.point_region]
             pieces.append(points_table(out.points, ids).cast(updated.schema))
         points = pa.concat_tables(pieces)
@@ -187,7 +269,8 @@ def refresh(con: duckdb.DuckDBPyConnection, name: str | Sequence[str], new_rows:
                              int(n_new_regions), int(n_points), drift, by_col, False, timings, n_updated)
     finally:
         drop_temp(con, temps)
-        src.close()
+
+
 
 
 def _old_points(con: duckdb.DuckDBPyConnection, names: ViewNames, merged: str) -> pa.Table:
@@ -196,16 +279,20 @@ def _old_points(con: duckdb.DuckDBPyConnection, names: ViewNames, merged: str) -
                    f"(SELECT {OLD_REGION} FROM temp.{ident(merged)}) ORDER BY {REGION}, rowid").to_arrow_table()
 
 
-def _warm_starts(con: duckdb.DuckDBPyConnection, plan: SquashPlan, src: Source, old: pa.Table) -> pa.Table:
+def _new_sample(con: duckdb.DuckDBPyConnection, plan: SquashPlan, src: Source) -> pa.Table:
+    """Sampled new rows (the spec's sample of ``src``): categoricals and DOUBLE quantitative values."""
+    quants = [f"{ident(c)}::DOUBLE AS {ident(c)}" for c in plan.binning.quantitative]
+    return con.sql(f"SELECT {comma([ident(c) for c in plan.spec.categorical] + quants)} "
+                   f"FROM ({sample_sql(src, plan.spec)})").to_arrow_table()
+
+
+def _warm_starts(plan: SquashPlan, new: pa.Table, old: pa.Table) -> pa.Table:
     """Solver starts for the re-solved regions: their current points first, then sampled new rows.
 
     A region that gained a few rows has moments close to before, so its old points start the
     solver next to the new optimum and it stops after a few steps.
     """
     cols = list(plan.spec.categorical) + list(plan.binning.quantitative)
-    quants = [f"{ident(c)}::DOUBLE AS {ident(c)}" for c in plan.binning.quantitative]
-    new = con.sql(f"SELECT {comma([ident(c) for c in plan.spec.categorical] + quants)} "
-                  f"FROM ({sample_sql(src, plan.spec)})").to_arrow_table()
     old = old.select(cols)
     return pa.concat_tables([old, new.cast(old.schema)])
 

@@ -177,6 +177,12 @@ class BatchStats:
 
 def batch_stats(con: duckdb.DuckDBPyConnection, src: Source, plan: SquashPlan) -> BatchStats:
     """One pass: count, an order-free content hash, range, and rows beyond the observed range."""
+    return stats_from_row(plan, con.execute(batch_stats_sql(plan, src.sql)).fetchall()[0])
+
+
+def batch_stats_sql(plan: SquashPlan, from_sql: str) -> str:
+    """The batch pass over the FROM item ``from_sql`` (DuckDB dialect; render it for another engine,
+    whose ``hash`` then gives another, equally order-free fingerprint); one row for :func:`stats_from_row`."""
     b, q = plan.binning, len(plan.binning.quantitative)
     cols = [ident(c) for c in plan.spec.columns]
     vals = [f"{b.value_sql(j)} AS {value_col(j)}" for j in range(q)]
@@ -189,16 +195,23 @@ def batch_stats(con: duckdb.DuckDBPyConnection, src: Source, plan: SquashPlan) -
         outs.append(cond)
         aggs += [f"min({v})", f"max({v})", f"count(*) FILTER (WHERE {cond})"]
     aggs.append(f"count(*) FILTER (WHERE {' OR '.join(outs) or 'FALSE'})")
-    row = con.execute(f"SELECT {comma(aggs)} FROM (SELECT {comma(cols + vals)} FROM {src.sql})").fetchall()[0]
+    return f"SELECT {comma(aggs)} FROM (SELECT {comma(cols + vals)} FROM {from_sql}) AS __dq_batch"
+
+
+def stats_from_row(plan: SquashPlan, row: Sequence, engine: str = "") -> BatchStats:
+    """:class:`BatchStats` from the row of :func:`batch_stats_sql`; ``engine`` prefixes the fingerprint
+    when another engine's hash made it (fingerprints of different engines never match)."""
+    b, q = plan.binning, len(plan.binning.quantitative)
     n = int(row[0])
     rest = row[2:-1]
-    mins = tuple(rest[3 * j] for j in range(q))
-    maxs = tuple(rest[3 * j + 1] for j in range(q))
+    mins = tuple(None if rest[3 * j] is None else float(rest[3 * j]) for j in range(q))
+    maxs = tuple(None if rest[3 * j + 1] is None else float(rest[3 * j + 1]) for j in range(q))
     for j, c in enumerate(b.quantitative):
         for v in (mins[j], maxs[j]):
             if v is not None and not np.isfinite(v):
                 raise InputError(f"quantitative column {c!r} of the new rows holds infinite values")
-    return BatchStats(n, f"{n}:{row[1]}", mins, maxs, tuple(int(rest[3 * j + 2]) for j in range(q)), int(row[-1]))
+    fp = f"{n}:{row[1]}" if not engine else f"{engine}:{n}:{row[1]}"
+    return BatchStats(n, fp, mins, maxs, tuple(int(rest[3 * j + 2]) for j in range(q)), int(row[-1]))
 
 
 def check_types(src: Source, plan: SquashPlan) -> None:
