@@ -145,10 +145,13 @@ def evaluate(con: duckdb.DuckDBPyConnection, full: object, reduced: Mapping[str,
     ----------
     con : duckdb.DuckDBPyConnection
     full : source
-        The full data (table, file, query, relation).
+        The full data: anything :func:`duckquash.squash` takes (table, file, glob, query,
+        relation, pandas/polars DataFrame, pyarrow object). It is resolved once and read twice
+        (the fit, then the prediction pass), so a RecordBatchReader works (read into a TEMP table).
     reduced : dict of label -> source
-        Squashed or sampled tables (or their SquashResult/SampleResult), each with a
-        frequency-weight column ``weight``.
+        Squashed or sampled tables (or their SquashResult/SampleResult, also when written to a
+        file, or DataFrames / Arrow tables), each with a frequency-weight column ``weight``. A
+        reduced table lacking a column the formula needs is an error naming the column.
     formula, family : str
         The model, as for :func:`duckquash.glm`.
     plot : str, optional
