@@ -191,7 +191,7 @@ def test_perfect_separation_warns(con):
     con.execute("CREATE TABLE sep AS SELECT (i % 97)::DOUBLE - 48 AS x, ((i % 97) > 48)::INT AS y FROM range(500) r(i)")
     with pytest.warns(PerfectSeparationWarning, match="separation"):
         res = duckquash.glm(con, "sep", "y ~ x", "binomial")
-    assert not np.isfinite(res.params).all() or abs(res.params[1]) > 10
+    assert not np.isfinite(res.params).all() or abs(res.params.iloc[1]) > 10
 
 
 def test_quasi_separation_warns(con, data):

@@ -10,6 +10,7 @@ columns and levels) and its own frequency-weight column.
 from __future__ import annotations
 
 import math
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -20,12 +21,15 @@ import numpy as np
 import pyarrow as pa
 
 from ..api import glm
+from ..ds.results import SquashResult
 from ..errors import DuckquashWarning, InputError
-from ..io.source import resolve
+from ..io.source import drain_pending, resolve
 from ..model.families import mean_sql
 from ..model.irls import fit_design
 from ..sql.build import linear_predictor
 from ..sql.quote import comma, ident
+from ..views.build import ViewResult
+from .sample import SampleResult
 
 COLUMNS = ("method", "M", "reduction", "mse", "max_abs_z", "resid_mean_1e4", "resid_sd_1e4",
            "resid_min_1e4", "resid_max_1e4", "fit_seconds")
@@ -34,9 +38,13 @@ _HEADERS = ("method", "M", "N/M", "MSE(z)", "max|z|", "resid mean", "resid sd", 
 
 
 def _as_source(obj: object) -> object:
-    """A SquashResult/SampleResult stands for its table; anything else is passed to ``resolve``."""
-    parts = getattr(obj, "parts", None)
-    if parts and hasattr(obj, "con"):
+    """A SquashResult/SampleResult/ViewResult stands for its table (or file); anything else is passed
+    to ``resolve`` as it is (a DataFrame is never asked for attributes: its columns could answer)."""
+    if isinstance(obj, (SquashResult, SampleResult, ViewResult)):
+        path = getattr(obj, "path", None)
+        if path is not None:
+            return path
+        parts = obj.parts or ((obj.table,) if hasattr(obj, "table") else (obj.name,))
         return ".".join(parts) if len(parts) == 1 else "SELECT * FROM " + ".".join(ident(p) for p in parts)
     return obj
 
@@ -137,10 +145,13 @@ def evaluate(con: duckdb.DuckDBPyConnection, full: object, reduced: Mapping[str,
     ----------
     con : duckdb.DuckDBPyConnection
     full : source
-        The full data (table, file, query, relation).
+        The full data: anything :func:`duckquash.squash` takes (table, file, glob, query,
+        relation, pandas/polars DataFrame, pyarrow object). It is resolved once and read twice
+        (the fit, then the prediction pass), so a RecordBatchReader works (read into a TEMP table).
     reduced : dict of label -> source
-        Squashed or sampled tables (or their SquashResult/SampleResult), each with a
-        frequency-weight column ``weight``.
+        Squashed or sampled tables (or their SquashResult/SampleResult, also when written to a
+        file, or DataFrames / Arrow tables), each with a frequency-weight column ``weight``. A
+        reduced table lacking a column the formula needs is an error naming the column.
     formula, family : str
         The model, as for :func:`duckquash.glm`.
     plot : str, optional
@@ -160,8 +171,37 @@ def evaluate(con: duckdb.DuckDBPyConnection, full: object, reduced: Mapping[str,
     for label in reduced:
         if not isinstance(label, str) or not label:
             raise InputError(f"reduced labels must be non-empty strings, got {label!r}")
+    full = drain_pending(con, full)  # a reader holding con's open result is read first
+    reduced = {k: drain_pending(con, v) for k, v in reduced.items()}
+    full_src = resolve(con, _as_source(full))  # once: a one-shot source (RecordBatchReader) is read once
+    try:
+        return _evaluate(con, full, full_src, reduced, formula, family, plot, weight, levels)
+    finally:
+        full_src.close()
+
+
+def _missing(e: duckdb.Error) -> str | None:
+    """The column a DuckDB binder error says is missing, if it names one."""
+    m = re.search(r'[Rr]eferenced column "?([^"\s]+?)"? not found', str(e))
+    return m.group(1) if m else None
+
+
+def _binder(e: duckdb.Error, what: str, columns: dict) -> InputError:
+    """A DuckDB binder error as an InputError naming the missing column and the table's columns."""
+    col = _missing(e)
+    head = f"{what} has no column {col!r}" if col else f"the model cannot be evaluated on {what}"
+    return InputError(f"{head} (the formula needs it); it has {list(columns)}"
+                      + ("" if col else f" ({str(e).splitlines()[0][:200]})"))
+
+
+def _evaluate(con, full, full_src, reduced, formula, family, plot, weight, levels) -> Evaluation:
     t0 = time.perf_counter()
-    full_fit = glm(con, _as_source(full), formula, family, levels=levels)
+    # a name or query goes to glm() as it is (a materialised view answers from its moments)
+    arg = _as_source(full)
+    try:
+        full_fit = glm(con, arg if isinstance(arg, (str, tuple)) else full_src, formula, family, levels=levels)
+    except duckdb.BinderException as e:
+        raise _binder(e, f"the full data ({full_src.label})", full_src.columns) from None
     full_seconds = time.perf_counter() - t0
     design = full_fit.design
     fam = full_fit.family if isinstance(getattr(full_fit, "family", None), str) else family
@@ -173,10 +213,16 @@ def evaluate(con: duckdb.DuckDBPyConnection, full: object, reduced: Mapping[str,
         try:
             if weight not in src.columns:
                 raise InputError(f"reduced table {label!r} ({src.label}) has no weight column {weight!r}")
+            lacking = [v for v in design.variables if v not in src.columns]
+            if lacking:
+                raise InputError(f"reduced table {label!r} ({src.label}) has no column(s) {lacking} (the formula "
+                                 f"needs them); it has {list(src.columns)}")
             m = con.execute(f"SELECT count(*) FROM {src.sql}").fetchall()[0][0]
             t1 = time.perf_counter()
             try:
                 fit = fit_design(con, src.sql, design, fam, weight_sql=ident(weight), start=beta_f)
+            except duckdb.BinderException as e:
+                raise _binder(e, f"reduced table {label!r} ({src.label})", src.columns) from None
             except InputError as e:  # the reduced table cannot estimate the model (e.g. a level it lacks)
                 warnings.warn(DuckquashWarning(f"the model cannot be fitted on {label!r}: {e}"), stacklevel=2)
                 fit = None
@@ -196,20 +242,17 @@ def evaluate(con: duckdb.DuckDBPyConnection, full: object, reduced: Mapping[str,
         zrows["z"] += [float(v) for v in z]
         stats.append((label, int(m), float(np.mean(z ** 2)), float(np.max(np.abs(z))), secs))
     # prediction residuals on every full-data row, all methods in one pass
-    src = resolve(con, _as_source(full))
-    try:
-        where = getattr(design, "where", None) or (
-            " AND ".join(f"{ident(v)} IS NOT NULL" for v in design.variables) or "TRUE")
-        mu_full = mean_sql(fam, _eta(design, beta_f))
-        diffs = [f"(({mean_sql(fam, _eta(design, np.asarray(f.params, float)))}) - __dq_mu) * 10000.0"
-                 for f in fits.values()]
-        inner = (f"SELECT {comma(f'{d} AS __dq_d{k}' for k, d in enumerate(diffs))} "
-                 f"FROM (SELECT *, {mu_full} AS __dq_mu FROM {src.sql} WHERE {where})")
-        aggs = [f"avg(__dq_d{k}), stddev_samp(__dq_d{k}), min(__dq_d{k}), max(__dq_d{k})"
-                for k in range(len(diffs))]
-        row = con.execute(f"SELECT {comma(aggs)} FROM ({inner})").fetchall()[0] if diffs else ()
-    finally:
-        src.close()
+    src = full_src
+    where = getattr(design, "where", None) or (
+        " AND ".join(f"{ident(v)} IS NOT NULL" for v in design.variables) or "TRUE")
+    mu_full = mean_sql(fam, _eta(design, beta_f))
+    diffs = [f"(({mean_sql(fam, _eta(design, np.asarray(f.params, float)))}) - __dq_mu) * 10000.0"
+             for f in fits.values()]
+    inner = (f"SELECT {comma(f'{d} AS __dq_d{k}' for k, d in enumerate(diffs))} "
+             f"FROM (SELECT *, {mu_full} AS __dq_mu FROM {src.sql} WHERE {where})")
+    aggs = [f"avg(__dq_d{k}), stddev_samp(__dq_d{k}), min(__dq_d{k}), max(__dq_d{k})"
+            for k in range(len(diffs))]
+    row = con.execute(f"SELECT {comma(aggs)} FROM ({inner})").fetchall()[0] if diffs else ()
     n_full = float(full_fit.nobs)
     cols = {c: [] for c in COLUMNS}
     slot = {label: k for k, label in enumerate(fits)}  # position of each fitted method in the residual pass

@@ -35,11 +35,40 @@ OSMAC (Wang, Zhu & Ma 2018, JASA; REFERENCE.md section 4), logistic regression o
     mMSE minimises the trace of the raw-scale variance of beta, not the mean of
     ``z_j^2 = (error_j / SE_j)^2`` that :func:`duckquash.evaluate` reports; on skewed covariates
     (benchmarks/paper_table1.py) mVc did better than mMSE on that measure.
+
+When OSMAC helps (issue 15's check)
+    Its optimality is asymptotic around a consistent pilot estimate. The pilot is a case-control
+    sample, so a categorical level with few rows appears in it a handful of times: its pilot
+    coefficient is then wild (often quasi-separated), the scores ``|y - p|`` of that level's rows
+    near 0 for one response value, those rows are almost never drawn, and the few drawn carry
+    huge weights ``1 / pi``. That was the MSE of 70.9 against 13.4 for a uniform sample: the
+    method with too small a pilot, not an error in the weights (the paper's; each row's expected
+    weight is 1: ``E[k_i / pi_i] = r`` and a pilot row of class c has ``r0 N_c / n_c`` with
+    probability ``n_c / N_c``, so ``r0 + r = n`` before the rescaling by about ``1 / n``).
+    Measured (MSE of z, seeds 0, 1, 2; logistic main-effects model):
+
+    * 200k rows of ``frontends.demo.simulate`` plus a third categorical a3 with 6 levels
+      (shares 40/30/20/8/1.5/0.5%), n = 14,000: uniform 10.0, 16.7, 23.6; mVc with the old 200-row pilot 178, (pilot fit
+      failed: a level absent), 12.8; mMSE 369, (failed), 16.2; with a 1,000-row pilot (the new
+      default) mVc 18.6, 4.0, 8.4 and mMSE 9.3, 11.2, 13.5.
+    * 200k rows of ``tests/conftest.paper_like`` (a1, a2, defected), n = 14,000: uniform 13.9,
+      12.3, 18.0; pilot 200: mVc 6.7, 14.1, 10.4, mMSE 26.1, 19.7, 9.2; pilot 1,000: mVc 7.6, 8.2,
+      4.9, mMSE 16.0, 2.8, 3.4.
+    * the same at n = 2,000 (N/n = 100, the 0.5% level has ~10 rows in a uniform sample): no
+      pilot size makes OSMAC reliably better (a3 data: uniform 136, 40, 89; pilot 500: mVc 73,
+      71, 116, mMSE 94, 217, 71).
+
+    So the default pilot is ``min(max(1000, 20 p), n // 4)`` rows (was ``min(max(200, 10 p),
+    n // 2)``), a pilot holding an indicator column fewer than 10 times (or a pilot fit that
+    separates or does not converge) warns, and OSMAC is worth it when every categorical level
+    (times response value) has at least tens of pilot rows; otherwise merge rare levels or use
+    a uniform sample, or squash (which keeps every cell's moments exactly).
 """
 from __future__ import annotations
 
+import os
 import time
-import uuid
+import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -47,10 +76,11 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from ..errors import InputError
-from ..io.source import Source, resolve
+from ..api import check_output_file, default_into
+from ..errors import DuckquashWarning, InputError
+from ..io.source import Source, drain_pending, resolve
 from ..io.transaction import registered
-from ..io.write import check_table_target, refuse_replacing_source, table_name, write_table
+from ..io.write import check_table_target, file_target, refuse_replacing_source, table_name, write_file, write_table
 from ..model.formula import build_design
 from ..model.irls import fit_design
 from ..sql.build import linear_predictor
@@ -58,6 +88,8 @@ from ..sql.names import PREFIX
 from ..sql.quote import comma, ident, literal, qualified
 
 METHODS = ("uniform", "osmac")
+PILOT_MIN = 1000  # default pilot: max(PILOT_MIN, 20 p) rows, at most n / 4 (see the module docstring)
+PILOT_RARE = 10  # a level the pilot holds fewer times than this draws a warning
 CRITERIA = ("mmse", "mvc")
 
 
@@ -75,13 +107,22 @@ class SampleResult:
     parts: tuple[str, ...] = field(repr=False, default=())
     n_dropped: int = 0  # OSMAC: source rows with NULL in a model variable (not represented)
     pilot: object | None = field(repr=False, default=None)  # OSMAC: the pilot GLMResults
+    path: str | None = field(repr=False, default=None)  # into= a .parquet/.csv file: the file written
+
+    @property
+    def from_sql(self) -> str:
+        """The sample as a SQL FROM item: the table, or ``read_parquet``/``read_csv`` of the file."""
+        if self.path is not None:
+            reader = "read_csv" if self.path.lower().endswith(".csv") else "read_parquet"
+            return f"{reader}({literal(self.path)})"
+        return qualified(self.parts or (self.table,))
 
     @property
     def relation(self) -> duckdb.DuckDBPyRelation:
-        return self.con.sql(f"SELECT * FROM {qualified(self.parts or (self.table,))}")
+        return self.con.sql(f"SELECT * FROM {self.from_sql}")
 
     def summary(self) -> str:
-        return (f"{self.method} sample {self.table!r}: {self.n_points:,} rows ({self.n_draws:,} draws) "
+        return (f"{self.method} sample {'file ' if self.path else ''}{self.table!r}: {self.n_points:,} rows ({self.n_draws:,} draws) "
                 f"for N = {self.n_rows:,} (reduction {self.n_rows / max(self.n_points, 1):,.1f}x) "
                 f"in {self.seconds:.2f}s")
 
@@ -140,7 +181,7 @@ def _osmac(con: duckdb.DuckDBPyConnection, src: Source, n: int, formula: str, se
                          f"in {src.label}: a logistic model cannot be fitted")
     if n > n_ok:
         raise InputError(f"n = {n:,} is more than the {n_ok:,} usable rows of {src.label}")
-    r0 = pilot if pilot is not None else min(max(200, 10 * p), n // 2)
+    r0 = pilot if pilot is not None else min(max(PILOT_MIN, 20 * p), max(2, n // 4))
     r0 = _int(r0, "pilot", 2)
     if r0 >= n:
         raise InputError(f"pilot = {r0:,} must be smaller than n = {n:,} (the second step draws n - pilot rows)")
@@ -162,11 +203,27 @@ def _osmac(con: duckdb.DuckDBPyConnection, src: Source, n: int, formula: str, se
         f"<= CASE WHEN {y} = 1 THEN {half1} ELSE {half0} END "
         f"ORDER BY {y} DESC, {key}, {_ties(src)}").to_arrow_table()
     try:
-        with registered(con, pilot_rows, "pilot") as view:
+        with registered(con, pilot_rows, "pilot") as view, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             fit = fit_design(con, ident(view), design, "binomial", weight_sql=wt)
+            counts = con.execute(f"SELECT {comma(f'count(DISTINCT ({e})), count(*) FILTER (({e}) <> 0)' for e in design.exprs)} "
+                                 f"FROM {ident(view)}").fetchall()[0]
     except InputError as e:
         raise InputError(f"the OSMAC pilot fit on {r0} case-control rows failed ({e}); "
                          "pass a larger pilot= or simplify the formula") from None
+    # an indicator column (a categorical level) the pilot holds a few times: its pilot estimate is
+    # wild, the scores of that level's rows with it, and the inverse-probability weights explode
+    few = [f"{name} ({counts[2 * k + 1]})" for k, name in enumerate(design.names)
+           if counts[2 * k] == 2 and counts[2 * k + 1] < PILOT_RARE]
+    problems = [str(w.message) for w in caught if issubclass(w.category, DuckquashWarning)]
+    if few or problems:
+        warnings.warn(DuckquashWarning(
+            f"the OSMAC pilot ({r0} case-control rows) "
+            + (f"holds fewer than {PILOT_RARE} rows of {', '.join(few)}" if few else "")
+            + ("; " if few and problems else "") + "; ".join(problems)
+            + ": the pilot estimate, and so the sampling probabilities, are unreliable (OSMAC may then do worse "
+              "than a uniform sample); pass a larger pilot=, merge rare levels, or use method='uniform'"),
+            stacklevel=3)
     beta = np.asarray(fit.params, dtype=float)
     # 2. scores, 3. systematic PPS draws with replacement on the cumulative sum in key order
     xs = [f"({e})::DOUBLE" for e in design.exprs]
@@ -214,8 +271,9 @@ def sample(con: duckdb.DuckDBPyConnection, source: object, n: int, method: str =
     ----------
     con : duckdb.DuckDBPyConnection
         Connection holding (or able to read) the source; the output table is created here.
-    source : str or DuckDBPyRelation
-        Anything :func:`duckquash.squash` accepts.
+    source : str, data object or DuckDBPyRelation
+        Anything :func:`duckquash.squash` accepts (a pandas/polars DataFrame, a pyarrow object,
+        a relation; a RecordBatchReader is read once into a TEMP table: OSMAC reads it three times).
     n : int
         Rows to draw (1 <= n <= N). OSMAC draws with replacement and merges repeats, so its table
         can have fewer rows.
@@ -228,14 +286,18 @@ def sample(con: duckdb.DuckDBPyConnection, source: object, n: int, method: str =
         OSMAC only: must be ``"binomial"``.
     seed : int
         Same source and seed, same table.
-    into : str or tuple, optional
-        Output table; default a generated name. ``replace`` overwrites an existing one.
+    into : str, tuple or path, optional
+        Output table, or a ``.parquet``/``.csv`` file written atomically (as :func:`duckquash.squash`);
+        default a TEMP table ``temp.sample_<hex>`` (dropped when ``con`` closes). ``replace``
+        overwrites an existing one.
     weight : str
         Name of the weight column (frequency weights summing to N).
     criterion : {"mmse", "mvc"}
         OSMAC optimality criterion: A-optimal ``||M_X^{-1} x||`` or L-optimal ``||x||``.
     pilot : int, optional
-        OSMAC pilot size (included in ``n``); default ``min(max(200, 10 p), n // 2)``.
+        OSMAC pilot size (included in ``n``); default ``min(max(1000, 20 p), n // 4)`` for ``p``
+        design columns. A pilot that holds a categorical level fewer than 10 times warns (its
+        estimate, hence the sampling probabilities, are then unreliable).
     levels : dict, optional
         Names usable inside the formula, e.g. ``{"lnames": [0, 1, 2]}``.
 
@@ -245,11 +307,20 @@ def sample(con: duckdb.DuckDBPyConnection, source: object, n: int, method: str =
         ``table``, ``relation``, ``n_rows`` (N), ``n_points``, ``n_draws``, ``seconds``.
     """
     t0 = time.perf_counter()
-    parts = table_name(into if into is not None else f"sample_{uuid.uuid4().hex[:8]}")
-    check_table_target(con, parts, replace)
-    refuse_replacing_source(con, source, parts)
+    source = drain_pending(con, source)  # a reader holding con's open result is read first
+    path = file_target(into)
+    if path is not None:
+        check_output_file(source, path, replace)
+    else:
+        parts = table_name(into if into is not None else default_into("sample"))
+        check_table_target(con, parts, replace)
+        refuse_replacing_source(con, source, parts)
     data, m, n_total, dropped, fit = draw(con, source, n, method, formula, family, seed, weight,
                                           criterion=criterion, pilot=pilot, levels=levels)
+    if path is not None:
+        write_file(con, data, path, replace)
+        return SampleResult(con, path, m, int(n_total), data.num_rows, int(n), time.perf_counter() - t0, (),
+                            int(dropped), fit, os.path.abspath(path))
     write_table(con, data, parts, replace)
     return SampleResult(con, ".".join(parts), m, int(n_total), data.num_rows, int(n), time.perf_counter() - t0,
                         parts, int(dropped), fit)

@@ -12,7 +12,7 @@ import pyarrow as pa
 from ..errors import InputError
 from ..io.source import resolve
 from ..io.write import check_table_target, refuse_replacing_source, table_name, write_table
-from ..sql.quote import qualified
+from ..sql.quote import literal, qualified
 from .binning import Binning
 from .moments import MomentTable
 from .plan import SquashPlan
@@ -91,10 +91,19 @@ class SquashResult:
     report: SquashReport = field(repr=False)
     parts: tuple[str, ...] = field(repr=False, default=())
     source: object = field(repr=False, default=None)  # what was squashed (for verify)
+    path: str | None = field(repr=False, default=None)  # into= a .parquet/.csv file: the file written
+
+    @property
+    def from_sql(self) -> str:
+        """The squashed rows as a SQL FROM item: the table, or ``read_parquet``/``read_csv`` of the file."""
+        if self.path is not None:
+            reader = "read_csv" if self.path.lower().endswith(".csv") else "read_parquet"
+            return f"{reader}({literal(self.path)})"
+        return qualified(self.parts or (self.table,))
 
     @property
     def relation(self) -> duckdb.DuckDBPyRelation:
-        return self.con.sql(f"SELECT * FROM {qualified(self.parts or (self.table,))}")
+        return self.con.sql(f"SELECT * FROM {self.from_sql}")
 
     def verify(self, source: object = None) -> Verification:
         """Recompute every region's and categorical cell's count, means and covariances from the source
@@ -107,12 +116,12 @@ class SquashResult:
             raise InputError("verify() checks data squashing (HypRect, Data Spheres, adaptive), not LDS")
         src = resolve(self.con, self.source if source is None else source)
         try:
-            return verify(self.con, plan, src, qualified(self.parts or (self.table,)), plan.spec.weight)
+            return verify(self.con, plan, src, self.from_sql, plan.spec.weight)
         finally:
             src.close()
 
     def summary(self) -> str:
-        return f"squashed into {self.table!r}\n" + self.report.summary()
+        return f"squashed into {'file' if self.path else 'table'} {self.table!r}\n" + self.report.summary()
 
 
 def output_parts(con: duckdb.DuckDBPyConnection, into, replace: bool, source: object = None) -> tuple[str, ...]:

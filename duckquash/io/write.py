@@ -38,12 +38,15 @@ def table_name(into: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def _identity(con: duckdb.DuckDBPyConnection, parts: tuple[str, ...]) -> tuple[str, str, str] | None:
+    schema = parts[-2] if len(parts) >= 2 else None
+    catalog = parts[-3] if len(parts) >= 3 else None
+    two = parts[0] if len(parts) == 2 else None  # a.t: schema a, or database a's default schema
     rows = con.execute(
         "SELECT table_catalog, table_schema, table_name FROM information_schema.tables WHERE table_name = ? "
-        "AND (? IS NULL OR table_schema = ?) AND (? IS NULL OR table_catalog = ?) "
+        "AND (? IS NULL OR table_schema = ? OR (table_catalog = ? AND table_schema = 'main')) "
+        "AND (? IS NULL OR table_catalog = ?) "
         "ORDER BY (table_catalog = current_database()) DESC, (table_schema = current_schema()) DESC LIMIT 1",
-        [parts[-1], *([parts[-2]] * 2 if len(parts) >= 2 else [None, None]),
-         *([parts[-3]] * 2 if len(parts) >= 3 else [None, None])]).fetchall()
+        [parts[-1], schema, schema, two, catalog, catalog]).fetchall()
     return tuple(rows[0]) if rows else None
 
 
@@ -51,8 +54,9 @@ def refuse_replacing_source(con: duckdb.DuckDBPyConnection, source: object, part
     """Refuse ``replace=True`` onto the very table being read (the input would become its own squash)."""
     if not isinstance(source, str):
         return
+    source_parts = name_parts(source.strip())
     target = _identity(con, parts)
-    if target is not None and target == _identity(con, name_parts(source.strip())):
+    if target is not None and target == _identity(con, source_parts):
         raise InputError(f"the output {'.'.join(parts)!r} is the input table itself; write the result elsewhere "
                          "(replace=True would overwrite the rows being squashed)")
 
@@ -73,14 +77,21 @@ def check_table_target(con: duckdb.DuckDBPyConnection, parts: tuple[str, ...], r
         raise OutputExistsError(f"output table {'.'.join(parts)!r} already exists; pass replace=True to overwrite it")
 
 
+def is_temp(parts: tuple[str, ...]) -> bool:
+    """``temp.t`` / ``temp.main.t``: a TEMP table (gone when the connection closes)."""
+    return len(parts) >= 2 and parts[0].lower() == "temp" and (len(parts) == 2 or parts[1].lower() == "main")
+
+
 def write_table(con: duckdb.DuckDBPyConnection, data: pa.Table, parts: tuple[str, ...], replace: bool) -> None:
-    """One ``CREATE [OR REPLACE] TABLE ... AS`` statement: DuckDB makes it atomic."""
+    """One ``CREATE [OR REPLACE] [TEMP] TABLE ... AS`` statement: DuckDB makes it atomic. ``parts``
+    ``("temp", name)`` makes a TEMP table, private to ``con`` and dropped when it closes."""
     check_table_target(con, parts, replace)
     view = temp_name("out")
     con.register(view, data)
     try:
-        verb = "CREATE OR REPLACE TABLE" if replace else "CREATE TABLE"
-        con.execute(f"{verb} {qualified(parts)} AS SELECT * FROM {qualified((view,))}")
+        verb = ("CREATE OR REPLACE" if replace else "CREATE") + (" TEMP TABLE" if is_temp(parts) else " TABLE")
+        target = qualified((parts[-1],)) if is_temp(parts) else qualified(parts)
+        con.execute(f"{verb} {target} AS SELECT * FROM {qualified((view,))}")
     except duckdb.CatalogException as e:
         if "already exists" in str(e):
             raise OutputExistsError(f"output table {'.'.join(parts)!r} already exists") from None
@@ -93,7 +104,30 @@ def file_format(path: str) -> str | None:
     return FILE_FORMATS.get(os.path.splitext(path)[1].lower())
 
 
+def file_target(into: object) -> str | None:
+    """The path when an ``into=`` names a file: an ``os.PathLike``, or a str ending in ``.parquet``,
+    ``.pq`` or ``.csv`` (a table whose name ends so is given quoted, ``'"out.csv"'``, or as a tuple)."""
+    if isinstance(into, os.PathLike):
+        return os.fspath(into)
+    if isinstance(into, str) and not into.strip().startswith('"') and file_format(into.strip()) is not None:
+        return into.strip()
+    return None
+
+
+def same_file(source: object, path: str) -> bool:
+    """Whether ``source`` (a path) is the file ``path`` (an output must not overwrite its input)."""
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    return isinstance(source, str) and not glob.has_magic(source) and os.path.exists(source) and \
+        os.path.abspath(source) == os.path.abspath(path)
+
+
 def check_file_target(path: str, replace: bool) -> None:
+    """Refuse a file output with an unknown extension, in a folder that does not exist, or that exists
+    when ``replace`` is False (checked before the work, and again when writing)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise InputError(f"the folder of the output file {path!r} does not exist: {folder!r}")
     if file_format(path) is None:
         raise InputError(f"output file {path!r} must end in one of {sorted(FILE_FORMATS)}")
     if not replace and os.path.exists(path):

@@ -1,4 +1,10 @@
-"""A fitted GLM with statsmodels' names: parameters, standard errors, tests, fit statistics, prediction."""
+"""A fitted GLM with statsmodels' names: parameters, standard errors, tests, fit statistics, prediction.
+
+As statsmodels returns them for formula models, ``params``, ``bse``, ``tvalues`` and ``pvalues``
+are pandas Series indexed by the design column names (``res.params["x1"]``), and ``conf_int()``
+and ``cov_params()`` DataFrames with those names as index (and columns). ``.to_numpy()`` gives
+the plain arrays without a copy.
+"""
 from __future__ import annotations
 
 import math
@@ -8,6 +14,7 @@ from typing import Any
 
 import duckdb
 import numpy as np
+import pandas as pd
 
 from ..errors import InputError
 from ..io.source import resolve
@@ -25,11 +32,15 @@ class GLMResults:
 
     ``nobs`` is the sum of frequency weights (statsmodels' ``wnobs``); ``n_rows`` the number of
     complete rows used and ``n_dropped`` the rows dropped for missing values.
+
+    ``params`` (given as an array) is stored as a Series indexed by ``exog_names``; ``bse``,
+    ``tvalues``, ``pvalues`` are Series and ``conf_int()``, ``cov_params()`` DataFrames with the
+    same labels. ``normalized_cov_params`` stays an array (as in statsmodels).
     """
 
     family: str
     design: Design
-    params: np.ndarray
+    params: pd.Series
     normalized_cov_params: np.ndarray
     scale: float
     llf: float
@@ -47,6 +58,19 @@ class GLMResults:
     weight_note: str = ""
     n_passes: int = 0
 
+    def __post_init__(self) -> None:
+        beta = np.asarray(self.params, dtype=float).reshape(-1)  # a Series keeps its values, gets our labels
+        if beta.shape[0] != len(self.design.names):
+            raise InputError(f"{beta.shape[0]} coefficients for {len(self.design.names)} design columns")
+        object.__setattr__(self, "params", pd.Series(beta, index=self._index))
+
+    @cached_property
+    def _index(self) -> pd.Index:
+        return pd.Index(list(self.design.names))
+
+    def _series(self, values: np.ndarray) -> pd.Series:
+        return pd.Series(values, index=self._index)
+
     @property
     def exog_names(self) -> list[str]:
         return list(self.design.names)
@@ -55,14 +79,15 @@ class GLMResults:
     def endog_name(self) -> str | None:
         return self.design.response_name
 
-    def cov_params(self) -> np.ndarray:
-        """Covariance of the coefficients: ``scale * (X'WX)^-1``, or the HC0/HC1 sandwich.
+    def cov_params(self) -> pd.DataFrame:
+        """Covariance of the coefficients: ``scale * (X'WX)^-1``, or the HC0/HC1 sandwich, as a
+        DataFrame with the design column names as index and columns.
 
         HC0 counts each row F times (equal to statsmodels' HC0 on the rows repeated F times);
         HC1 multiplies HC0 by ``nobs / (nobs - k)`` as OLS does (statsmodels' GLM HC1 omits
         that factor and equals its HC0).
         """
-        return self._cov
+        return pd.DataFrame(self._cov, index=self._index, columns=self._index)
 
     @cached_property
     def _cov(self) -> np.ndarray:
@@ -76,26 +101,29 @@ class GLMResults:
         return cov
 
     @cached_property
-    def bse(self) -> np.ndarray:
-        return np.sqrt(np.diag(self._cov))
+    def bse(self) -> pd.Series:
+        """Standard errors, a Series indexed by the design column names."""
+        return self._series(np.sqrt(np.diag(self._cov)))
 
     @cached_property
-    def tvalues(self) -> np.ndarray:
-        return self.params / self.bse
+    def tvalues(self) -> pd.Series:
+        return self._series(self.params.to_numpy() / self.bse.to_numpy())
 
     @cached_property
-    def pvalues(self) -> np.ndarray:
+    def pvalues(self) -> pd.Series:
         """Two-sided normal p-values (statsmodels GLM default, ``use_t=False``)."""
         from scipy.stats import norm  # lazy: scipy.stats costs ~1 s of import time
 
-        return 2.0 * norm.sf(np.abs(self.tvalues))
+        return self._series(2.0 * norm.sf(np.abs(self.tvalues.to_numpy())))
 
-    def conf_int(self, alpha: float = 0.05) -> np.ndarray:
-        """``(k, 2)`` array of normal-theory confidence limits."""
+    def conf_int(self, alpha: float = 0.05) -> pd.DataFrame:
+        """Normal-theory confidence limits: a ``(k, 2)`` DataFrame indexed by the design column
+        names, columns ``0`` (lower) and ``1`` (upper) as statsmodels."""
         from scipy.stats import norm
 
         q = norm.ppf(1 - alpha / 2)
-        return np.column_stack([self.params - q * self.bse, self.params + q * self.bse])
+        b, se = self.params.to_numpy(), self.bse.to_numpy()
+        return pd.DataFrame(np.column_stack([b - q * se, b + q * se]), index=self._index, columns=[0, 1])
 
     @property
     def aic(self) -> float:
@@ -133,7 +161,7 @@ class GLMResults:
         return con.sql(f"SELECT *, {expr} AS predicted FROM {src.sql}")
 
     def _eta_sql(self) -> str:
-        return linear_predictor(self.params, self.design.exprs)
+        return linear_predictor(self.params.to_numpy(), self.design.exprs)
 
     def _predictors_where(self) -> str:
         return " AND ".join(f"{ident(v)} IS NOT NULL" for v in self.design.predictors) or "TRUE"
@@ -149,7 +177,7 @@ class GLMResults:
             lines.append(f"frequency weights: column {self.weight!r}{self.weight_note}")
         elif self.weight_note:
             lines.append(self.weight_note)
-        ci = self.conf_int()
+        ci = self.conf_int().to_numpy()
         w = max([len(n) for n in self.exog_names] + [9])
         lines.append("")
         lines.append(f"{'':{w}s} {'coef':>12s} {'std err':>11s} {'z':>9s} {'P>|z|':>8s} {'[0.025':>11s} {'0.975]':>11s}")

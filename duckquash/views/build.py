@@ -11,7 +11,7 @@ import duckdb
 from ..ds import pipeline
 from ..ds.plan import SquashPlan
 from ..ds.spec import SquashSpec
-from ..io.source import Source, resolve
+from ..io.source import Source, drain_pending, resolve
 from ..io.transaction import Transaction, refuse_open_transaction, drop_temp, registered
 from ..sql.build import key_order
 from ..sql.names import REGION
@@ -95,13 +95,17 @@ def materialize(con: duckdb.DuckDBPyConnection, name: str | Sequence[str], sourc
                 **options) -> ViewResult:
     """Squash ``source`` into a view ``name`` that :func:`duckquash.refresh` can later extend with new rows.
 
-    Arguments are those of :func:`duckquash.squash`. Besides the squashed rows (``SELECT * FROM
+    Arguments are those of :func:`duckquash.squash` (``source`` too: a name, path, glob, SELECT,
+    pandas/polars DataFrame, pyarrow object or relation; the view stores the squashed rows, so an
+    object need not outlive the call, but ``refresh(rebin=True)`` can re-read only names, paths and
+    queries). Besides the squashed rows (``SELECT * FROM
     name``), the database keeps the per-region integer moments, the binning and the parameters
     (see ``storage.py``): all created in one transaction, so a failure leaves nothing behind.
     """
     spec = SquashSpec(categorical, quantitative, method, alpha, bins, layers, weight=weight, seed=seed, size=size,
                       **options)
     names = ViewNames.of(name)
+    source = drain_pending(con, source)  # a reader holding con's open result is read first
     refuse_open_transaction(con, "materialize()")
     if not replace:
         refuse_taken(con, names)

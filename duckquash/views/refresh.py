@@ -17,7 +17,7 @@ from ..ds import pipeline
 from ..ds.binning import sample_sql
 from ..ds.plan import SquashPlan, check_moment_columns, overflow_columns
 from ..errors import InputError
-from ..io.source import Source, resolve
+from ..io.source import Source, drain_pending, resolve
 from ..io.transaction import Transaction, refuse_open_transaction, create_temp, drop_temp, registered
 from ..sql.build import key_match, key_order
 from ..sql.names import N_COL, OLD_REGION, REGION
@@ -74,7 +74,8 @@ def refresh(con: duckdb.DuckDBPyConnection, name: str | Sequence[str], new_rows:
     name : str or tuple
         A view made by :func:`materialize` (in this database file, by any process).
     new_rows : source
-        Table, file, glob, query or relation with the view's input columns and types.
+        Table, file, glob, query, relation, pandas/polars DataFrame or pyarrow object with the
+        view's input columns and types.
     batch_id : str, optional
         Name of the batch. A batch id, or content (row count + order-free hash of the rows),
         already folded in is refused, so a batch is never counted twice.
@@ -100,6 +101,7 @@ def refresh(con: duckdb.DuckDBPyConnection, name: str | Sequence[str], new_rows:
     keep their points byte for byte. Everything is written in one transaction.
     """
     names = ViewNames.of(name)
+    new_rows = drain_pending(con, new_rows)  # a reader holding con's open result is read first
     refuse_open_transaction(con, "refresh()")
     meta = read_meta(con, names)
     plan, version = stored_plan(names, meta)
