@@ -121,3 +121,13 @@ def test_region_report_has_readable_names():
     for kw, keys in (({}, ["missing", "leaf"]), ({"bins": 2}, ["bin[x]"])):
         names = duckquash.squash(con, "t", categorical=["a"], quantitative=["x"], **kw).report.regions.column_names
         assert all(k in names for k in keys) and not any(c.startswith("__dq") for c in names), names
+
+
+def test_input_checked_before_output(parquet, tmp_path, capsys):
+    taken = str(tmp_path / "taken.parquet")
+    assert main(["sample", parquet, "--size", "5", "-o", taken, "--quiet"]) == 0
+    assert main(["squash", str(tmp_path / "missing.parquet"), "--categorical", "a1", "-o", taken]) == 2
+    err = capsys.readouterr().err
+    assert "missing.parquet" in err and "does not exist" in err and "already exists" not in err
+    assert main(["sample", str(tmp_path / "nope*.parquet"), "--size", "5", "-o", taken]) == 2
+    assert "no file matches" in capsys.readouterr().err

@@ -223,6 +223,7 @@ def _input_output(args):
             raise DuckquashError(f"database file {db_in[0]!r} does not exist")
         con, source = duckdb.connect(db_in[0], read_only=not same_db), db_in[1]
     else:
+        _check_input_file(args.input)
         con, source = duckdb.connect(), args.input
     _check_folder(db_out[0] if db_out is not None else args.output)
     created = db_out is not None and not os.path.exists(db_out[0])
@@ -299,6 +300,15 @@ def _view_con(view: str, create: bool) -> tuple[duckdb.DuckDBPyConnection, str]:
         raise DuckquashError(f"database file {target[0]!r} does not exist")
     _check_folder(target[0])
     return duckdb.connect(target[0]), target[1]
+
+
+def _check_input_file(path: str) -> None:
+    """A missing input file (or a glob matching nothing) is named before the output is looked at."""
+    if glob.has_magic(path):
+        if not glob.glob(path):
+            raise DuckquashError(f"no file matches the input pattern {path!r}")
+    elif os.path.splitext(path)[1].lower() in (".parquet", ".pq", ".csv", ".tsv", ".gz") and not os.path.exists(path):
+        raise DuckquashError(f"input file {path!r} does not exist")
 
 
 def _check_folder(path: str) -> None:
