@@ -128,7 +128,7 @@ def test_squash_via_spark_equals_squash_via_duckdb(spark, data, tmp_path):
     # the same plan again, written to Parquet (the Spark sample is skipped; random starts on both sides)
     path = str(tmp_path / "squashed.parquet")
     duckquash.spark.squash(sdf, plan=ref_plan, into=path)
-    ref2 = duckquash.squash_from_moments(con, ref_plan, [con.sql(ref_plan.moment_sql("t"))], into="via_duckdb2")
+    duckquash.squash_from_moments(con, ref_plan, [con.sql(ref_plan.moment_sql("t"))], into="via_duckdb2")
     assert pq.read_table(path).to_pylist() == con.sql("SELECT * FROM via_duckdb2").to_arrow_table().to_pylist()
 
 
