@@ -269,7 +269,10 @@ def cell_pass(con, from_sql: str, p: CellPlan, family: str, w_sql: str, beta: np
         aggs += ["sum(CAST(COALESCE(__f < 0 OR NOT isfinite(__f), TRUE) AS BIGINT))",
                  f"sum(CAST(COALESCE({bad_y}, FALSE) AS BIGINT))" if bad_y else "0",
                  "sum(CAST(COALESCE(isinf(__y), FALSE) AS BIGINT))"]
-        rows = con.execute(f"SELECT {comma(['__ok'] + keys + aggs)} FROM ({top}) GROUP BY ALL").fetchall()
+        # cells in key order: the numpy assembly adds them up, so a hash aggregate's varying output
+        # order would change the last bits of X'WX from run to run (OSMAC pilots, LDS starts)
+        rows = con.execute(f"SELECT {comma(['__ok'] + keys + aggs)} FROM ({top}) GROUP BY ALL "
+                           f"ORDER BY {_order(len(keys) + 1)}").fetchall()
         ns = nm + nv + len(scal)
         good = [r[1:] for r in rows if r[0] is True]
         bad = [r[1:] for r in rows if r[0] is not True]
@@ -280,7 +283,8 @@ def cell_pass(con, from_sql: str, p: CellPlan, family: str, w_sql: str, beta: np
                   "bad_response": sum(int(r[nk + ns + 1]) for r in good),
                   "inf_response": sum(int(r[nk + ns + 2]) for r in good + bad)}
     else:
-        good = con.execute(f"SELECT {comma(keys + aggs)} FROM ({top})" + (" GROUP BY ALL" if keys else "")).fetchall()
+        good = con.execute(f"SELECT {comma(keys + aggs)} FROM ({top})"
+                           + (f" GROUP BY ALL ORDER BY {_order(len(keys))}" if keys else "")).fetchall()
     k = p.k
     if not good:
         nan = float("nan")
@@ -312,3 +316,8 @@ def cell_meat(con, from_sql: str, p: CellPlan, family: str, w_sql: str, beta: np
     rows = con.execute(f"SELECT {comma(keys + moms)} FROM ({r})" + (" GROUP BY ALL" if keys else "")).fetchall()
     A, _ = p.assemble([r[:nk] for r in rows], np.array([[float(v) for v in r[nk:]] for r in rows]), None)
     return A
+
+
+def _order(n: int) -> str:
+    """ORDER BY the first n output columns, NULLs first."""
+    return comma(f"{i} NULLS FIRST" for i in range(1, n + 1))
