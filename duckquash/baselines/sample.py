@@ -80,12 +80,13 @@ from ..api import check_output_file, default_into
 from ..errors import DuckquashWarning, InputError
 from ..io.source import Source, drain_pending, resolve
 from ..io.transaction import registered
-from ..io.write import check_table_target, file_target, refuse_replacing_source, table_name, write_file, write_table
+from ..io.write import (check_table_target, file_target, output_from_sql, refuse_replacing_source, table_name,
+                        write_file, write_table)
 from ..model.formula import build_design
 from ..model.irls import fit_design
 from ..sql.build import linear_predictor
 from ..sql.names import PREFIX
-from ..sql.quote import comma, ident, literal, qualified
+from ..sql.quote import comma, ident, literal
 
 METHODS = ("uniform", "osmac")
 PILOT_MIN = 1000  # default pilot: max(PILOT_MIN, 20 p) rows, at most n / 4 (see the module docstring)
@@ -112,10 +113,7 @@ class SampleResult:
     @property
     def from_sql(self) -> str:
         """The sample as a SQL FROM item: the table, or ``read_parquet``/``read_csv`` of the file."""
-        if self.path is not None:
-            reader = "read_csv" if self.path.lower().endswith(".csv") else "read_parquet"
-            return f"{reader}({literal(self.path)})"
-        return qualified(self.parts or (self.table,))
+        return output_from_sql(self.parts or (self.table,), self.path)
 
     @property
     def relation(self) -> duckdb.DuckDBPyRelation:

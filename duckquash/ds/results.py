@@ -11,8 +11,7 @@ import pyarrow as pa
 
 from ..errors import InputError
 from ..io.source import resolve
-from ..io.write import check_table_target, refuse_replacing_source, table_name, write_table
-from ..sql.quote import literal, qualified
+from ..io.write import check_table_target, output_from_sql, refuse_replacing_source, table_name, write_table
 from .binning import Binning
 from .moments import MomentTable
 from .plan import SquashPlan
@@ -96,10 +95,7 @@ class SquashResult:
     @property
     def from_sql(self) -> str:
         """The squashed rows as a SQL FROM item: the table, or ``read_parquet``/``read_csv`` of the file."""
-        if self.path is not None:
-            reader = "read_csv" if self.path.lower().endswith(".csv") else "read_parquet"
-            return f"{reader}({literal(self.path)})"
-        return qualified(self.parts or (self.table,))
+        return output_from_sql(self.parts or (self.table,), self.path)
 
     @property
     def relation(self) -> duckdb.DuckDBPyRelation:

@@ -104,6 +104,15 @@ def file_format(path: str) -> str | None:
     return FILE_FORMATS.get(os.path.splitext(path)[1].lower())
 
 
+def output_from_sql(parts: tuple[str, ...], path: str | None = None) -> str:
+    """An output as a SQL FROM item: the table ``parts``, or ``read_parquet``/``read_csv`` of the
+    file ``path`` it was written to."""
+    if path is not None:
+        reader = "read_csv" if file_format(path) == "CSV" else "read_parquet"
+        return f"{reader}({literal(path)})"
+    return qualified(parts)
+
+
 def file_target(into: object) -> str | None:
     """The path when an ``into=`` names a file: an ``os.PathLike``, or a str ending in ``.parquet``,
     ``.pq`` or ``.csv`` (a table whose name ends so is given quoted, ``'"out.csv"'``, or as a tuple)."""
