@@ -39,3 +39,14 @@ def small(con, small_df):
     con.execute("CREATE TABLE small AS SELECT * FROM small_df_view")
     con.unregister("small_df_view")
     return con
+
+
+@pytest.fixture
+def parquet(small_df, tmp_path):
+    """small_df as a Parquet file (the command line's input)."""
+    con = duckdb.connect()
+    con.register("df", small_df)
+    path = str(tmp_path / "in.parquet")
+    con.execute(f"COPY df TO '{path}' (FORMAT PARQUET)")
+    con.close()
+    return path

@@ -8,15 +8,6 @@ import pytest
 from duckquash.frontends.cli import main
 
 
-@pytest.fixture
-def parquet(small_df, tmp_path):
-    con = duckdb.connect()
-    con.register("df", small_df)
-    path = str(tmp_path / "in.parquet")
-    con.execute(f"COPY df TO '{path}' (FORMAT PARQUET)")
-    return path
-
-
 def test_parquet_to_parquet_and_summary(parquet, tmp_path, capsys, small_df):
     out = str(tmp_path / "out.parquet")
     assert main(["squash", parquet, "--categorical", "a1,a2", "--quantitative", "x1,x2", "-o", out]) == 0

@@ -7,15 +7,6 @@ import pytest
 from duckquash.frontends.cli import main
 
 
-@pytest.fixture
-def parquet(small_df, tmp_path):
-    con = duckdb.connect()
-    con.register("df", small_df)
-    path = str(tmp_path / "in.parquet")
-    con.execute(f"COPY df TO '{path}' (FORMAT PARQUET)")
-    return path
-
-
 def test_sample_uniform_and_osmac_then_evaluate(parquet, tmp_path, capsys, small_df):
     """The README's evaluate example runs end to end from the command line."""
     unif, osm, sq = (str(tmp_path / f) for f in ("u.parquet", "o.parquet", "sq.parquet"))
