@@ -19,10 +19,10 @@ import duckdb
 import numpy as np
 
 from ..errors import InputError
-from ..io.source import is_numeric, resolve
+from ..io.source import resolve
 from ..sql.quote import comma, ident
 from .formula import Design, build_design
-from .irls import MAX_COLUMNS
+from .irls import MAX_COLUMNS, check_weight_column
 
 
 @dataclass(frozen=True, eq=False)
@@ -123,10 +123,7 @@ def crossprod(con: duckdb.DuckDBPyConnection, source: Any, formula: str, *, weig
             raise InputError(f"the design of {formula!r} has {design.k} columns; at most {MAX_COLUMNS} are supported "
                              f"({design.k * (design.k + 1) // 2:,} sums in one pass)")
         if weight is not None:
-            if not isinstance(weight, str) or weight not in src.columns:
-                raise InputError(f"weight column {weight!r} is not in {src.label}; it has {list(src.columns)}")
-            if not is_numeric(src.columns[weight]):
-                raise InputError(f"weight column {weight!r} must be numeric, it is {src.columns[weight]}")
+            check_weight_column(src, weight)
         return _crossprod(con, src.sql, design, weight)
     finally:
         src.close()

@@ -17,7 +17,7 @@ import duckdb
 import numpy as np
 
 from ..errors import ConvergenceWarning, InputError, PerfectSeparationWarning
-from ..io.source import is_numeric, resolve
+from ..io.source import Source, is_numeric, resolve
 from ..sql.build import linear_predictor
 from ..sql.quote import comma, ident, literal
 from . import cells as cellpass
@@ -335,6 +335,14 @@ def fit_design(con: duckdb.DuckDBPyConnection, from_sql: str, design: Design, fa
                       converged=converged, n_iter=n_iter, cov_type=cov_type, meat=meat, n_passes=passes)
 
 
+def check_weight_column(src: Source, weight: object) -> None:
+    """``weight`` must name a numeric column of ``src``."""
+    if not isinstance(weight, str) or weight not in src.columns:
+        raise InputError(f"weight column {weight!r} is not in {src.label}; it has {list(src.columns)}")
+    if not is_numeric(src.columns[weight]):
+        raise InputError(f"weight column {weight!r} must be numeric, it is {src.columns[weight]}")
+
+
 def fit_source(con: duckdb.DuckDBPyConnection, source: Any, formula: str, family: str = "gaussian",
                weight: str | None = None, *, cov_type: str = "nonrobust", levels: Mapping[str, Any] | None = None,
                max_iter: int = 50, tol: float = 1e-8, per_cell: bool | None = None) -> GLMResults:
@@ -344,10 +352,7 @@ def fit_source(con: duckdb.DuckDBPyConnection, source: Any, formula: str, family
         design = build_design(con, src.sql, formula, levels=levels, columns=src.columns)
         note = ""
         if weight is not None:
-            if not isinstance(weight, str) or weight not in src.columns:
-                raise InputError(f"weight column {weight!r} is not in {src.label}; it has {list(src.columns)}")
-            if not is_numeric(src.columns[weight]):
-                raise InputError(f"weight column {weight!r} must be numeric, it is {src.columns[weight]}")
+            check_weight_column(src, weight)
         elif src.columns.get("weight", "").upper() == "DOUBLE" and "weight" not in design.variables:
             weight, note = "weight", " (used automatically: the source has a DOUBLE column named 'weight')"
         res = fit_design(con, src.sql, design, family, ident(weight) if weight else None,
