@@ -1,11 +1,13 @@
 """Squash 20M rows (5 continuous, 2 categoricals) from Parquet; compare with one plain DuckDB pass.
 
-Run:  python benchmarks/squash_20m.py [--rows 20000000] [--data DIR]
+Run:  python benchmarks/squash_20m.py [--rows 20000000] [--data DIR] [--methods hyprect,adaptive]
 
-Prints, measured in this run: the plain ``count(*) + sum(x1..x5) GROUP BY a1, a2`` pass over the
-same file, the squash time per stage and each stage's ratio to the plain pass, and peak RSS of each
-configuration (run in its own process), with DuckDB's default memory limit and with
-``SET memory_limit='1GB'``. Also two floors for the moment pass, same file and run: 125 plain
+Two designs: ``hyprect`` (the paper's: a few thousand regions, whatever N) and ``adaptive`` (the
+default: regions of ~100 rows, so N / 84 regions here: the many-regions run). Prints, measured in
+this run: the plain ``count(*) + sum(x1..x5) GROUP BY a1, a2`` pass over the same file, the squash
+time per stage and each stage's ratio to the plain pass, Generate's milliseconds per region (wall
+and CPU), and peak RSS of each configuration (run in its own process), with DuckDB's default
+memory limit and with ``SET memory_limit='1GB'``. Also two floors for the moment pass, same file and run: 125 plain
 DOUBLE sums grouped by the two categoricals only (the cheapest form of 125 aggregates), and the
 same 125 sums over the squash's regions (so the cost of the aggregate count and of the region
 count can be told apart from the cost of exact fixed-point sums).
@@ -38,10 +40,10 @@ def make_data(path: str, rows: int) -> None:
         FROM range({rows}) t(i)) TO '{path}' (FORMAT PARQUET)""")
 
 
-def child(path: str, memory_limit: str | None) -> dict:
+def child(path: str, memory_limit: str | None, method: str) -> dict:
     """One configuration, in this process: plain pass, then the squash."""
     import duckquash
-    from duckquash.ds.moments import keyed_rows_sql
+    from duckquash.ds.moments import attached, keyed_rows_sql
 
     con = duckdb.connect()
     if memory_limit:
@@ -51,7 +53,7 @@ def child(path: str, memory_limit: str | None) -> dict:
                  f"FROM {src} GROUP BY a1, a2")
     plain, plain_cpu = best_of(con, plain_sql, 3)
     t0, c0 = time.perf_counter(), time.process_time()
-    sq = duckquash.squash(con, path, categorical=CATS, quantitative=QUANT, into="sq")
+    sq = duckquash.squash(con, path, categorical=CATS, quantitative=QUANT, method=method, into="sq")
     total, total_cpu = time.perf_counter() - t0, time.process_time() - c0
     # floors for the moment pass: 125 distinct DOUBLE sums, few groups vs the squash's regions
     sums = ", ".join(f"sum({QUANT[i % 5]} * {1 + i // 5})" for i in range(125))
@@ -59,7 +61,8 @@ def child(path: str, memory_limit: str | None) -> dict:
     regions = f"({keyed_rows_sql(src, sq.report.binning, tuple(CATS))})"  # the rows with their region keys
     keys = ", ".join(["a1", "a2"] + list(sq.report.moments.key_columns))
     sums_v = ", ".join(f"sum(__dq_v_{i % 5} * {1 + i // 5})" for i in range(125))
-    floor_regions, floor_regions_cpu = best_of(con, f"SELECT {keys}, count(*), {sums_v} FROM {regions} GROUP BY {keys}", 1)
+    with attached(con, sq.report.binning):  # adaptive regions' key tables
+        floor_regions, floor_regions_cpu = best_of(con, f"SELECT {keys}, count(*), {sums_v} FROM {regions} GROUP BY {keys}", 1)
     return {"plain_s": plain, "squash_s": total, "stages": sq.report.timings,
             "floor_cells_s": floor_cells, "floor_regions_s": floor_regions,
             "plain_cpu": plain_cpu, "squash_cpu": total_cpu, "stages_cpu": sq.report.cpu_timings,
@@ -78,8 +81,9 @@ def best_of(con: duckdb.DuckDBPyConnection, sql: str, times: int) -> tuple[float
     return best, best_cpu
 
 
-def run(path: str, memory_limit: str | None) -> tuple[dict, float]:
-    cmd = [sys.executable, __file__, "--child", path] + (["--memory-limit", memory_limit] if memory_limit else [])
+def run(path: str, memory_limit: str | None, method: str) -> tuple[dict, float]:
+    cmd = ([sys.executable, __file__, "--child", path, "--methods", method]
+           + (["--memory-limit", memory_limit] if memory_limit else []))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -94,32 +98,40 @@ def main() -> None:
     ap.add_argument("--data", default="/tmp/duckquash-bench")
     ap.add_argument("--child")
     ap.add_argument("--memory-limit")
+    ap.add_argument("--methods", default="hyprect,adaptive")
+    ap.add_argument("--limits", default="default,1GB")
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.memory_limit)))
+        print(json.dumps(child(args.child, args.memory_limit, args.methods)))
         return
     path = os.path.join(args.data, f"rows{args.rows}.parquet")
     t0 = time.perf_counter()
     make_data(path, args.rows)
     print(f"data: {path} ({os.path.getsize(path) / 2**20:.0f} MiB, ready in {time.perf_counter() - t0:.1f}s)")
-    for limit in (None, "1GB"):
-        res, rss = run(path, limit)
-        p = res["plain_s"]
-        stages = ", ".join(f"{k} {v:.2f}s = {v / p:.1f}x" for k, v in res["stages"].items())
-        print(f"\nmemory_limit={limit or 'default'}: N={res['N']:,} M={res['M']:,} R={res['R']:,} "
-              f"(reduction {res['N'] / res['M']:,.0f}x), max deg<=2 moment error {res['max_resid_deg2']:.1e}")
-        print(f"  plain count+sum GROUP BY pass : {p:.2f}s (best of 3)")
-        print(f"  squash total                  : {res['squash_s']:.2f}s  [{stages}]")
-        print(f"  ratio squash / plain pass     : {res['squash_s'] / p:.1f}x  (target <= 15x)")
-        print(f"  floor: 125 DOUBLE sums by a1,a2 : {res['floor_cells_s']:.2f}s = {res['floor_cells_s'] / p:.1f}x; "
-              f"by the {res['R']:,} regions: {res['floor_regions_s']:.2f}s = {res['floor_regions_s'] / p:.1f}x")
-        pc = res["plain_cpu"]
-        stages_cpu = ", ".join(f"{k} {v:.2f}s = {v / pc:.1f}x" for k, v in res["stages_cpu"].items())
-        print(f"  CPU seconds (all threads; steadier on a shared machine): plain {pc:.2f}s, "
-              f"squash {res['squash_cpu']:.2f}s = {res['squash_cpu'] / pc:.1f}x [{stages_cpu}]; floors "
-              f"{res['floor_cells_cpu']:.2f}s = {res['floor_cells_cpu'] / pc:.1f}x, "
-              f"{res['floor_regions_cpu']:.2f}s = {res['floor_regions_cpu'] / pc:.1f}x")
-        print(f"  peak RSS                      : {rss:,.0f} MiB  (target < 1536 MiB)")
+    for method in args.methods.split(","):
+        for limit in args.limits.split(","):
+            report(method, None if limit == "default" else limit, *run(path, None if limit == "default" else limit, method))
+
+
+def report(method: str, limit: str | None, res: dict, rss: float) -> None:
+    p = res["plain_s"]
+    stages = ", ".join(f"{k} {v:.2f}s = {v / p:.1f}x" for k, v in res["stages"].items())
+    print(f"\n{method}, memory_limit={limit or 'default'}: N={res['N']:,} M={res['M']:,} R={res['R']:,} "
+          f"(reduction {res['N'] / res['M']:,.1f}x), max deg<=2 moment error {res['max_resid_deg2']:.1e}")
+    print(f"  plain count+sum GROUP BY pass : {p:.2f}s (best of 3)")
+    print(f"  squash total                  : {res['squash_s']:.2f}s  [{stages}]")
+    print(f"  ratio squash / plain pass     : {res['squash_s'] / p:.1f}x  (target <= 15x)")
+    print(f"  floor: 125 DOUBLE sums by a1,a2 : {res['floor_cells_s']:.2f}s = {res['floor_cells_s'] / p:.1f}x; "
+          f"by the {res['R']:,} regions: {res['floor_regions_s']:.2f}s = {res['floor_regions_s'] / p:.1f}x")
+    pc = res["plain_cpu"]
+    stages_cpu = ", ".join(f"{k} {v:.2f}s = {v / pc:.1f}x" for k, v in res["stages_cpu"].items())
+    print(f"  CPU seconds (all threads; steadier on a shared machine): plain {pc:.2f}s, "
+          f"squash {res['squash_cpu']:.2f}s = {res['squash_cpu'] / pc:.1f}x [{stages_cpu}]; floors "
+          f"{res['floor_cells_cpu']:.2f}s = {res['floor_cells_cpu'] / pc:.1f}x, "
+          f"{res['floor_regions_cpu']:.2f}s = {res['floor_regions_cpu'] / pc:.1f}x")
+    print(f"  generate per region           : {1e3 * res['stages']['generate'] / res['R']:.2f} ms wall, "
+          f"{1e3 * res['stages_cpu']['generate'] / res['R']:.2f} ms CPU (all threads)  (target <= 1 ms)")
+    print(f"  peak RSS                      : {rss:,.0f} MiB  (target < 1536 MiB)", flush=True)
 
 
 if __name__ == "__main__":

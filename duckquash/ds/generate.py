@@ -10,6 +10,7 @@ mean) per region, as the paper's "Means" baseline. Points go back to raw units p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -79,12 +80,14 @@ class Generated:
 
 
 def generate(moments: MomentTable, binning: Binning, spec: SquashSpec, fetch_rows: int,
-             sample: tuple[np.ndarray, np.ndarray], most: int | None = None) -> Generated:
+             sample: tuple[np.ndarray, np.ndarray], most: int | None = None,
+             advance: Callable[[int], None] | None = None) -> Generated:
     """Turn every region's moments into weighted pseudo-points (see the module docstring).
 
     ``sample`` is (region index, raw values) of the binning sample; its rows start the solver
     in their regions (k-means centroids) and feed its exact fallbacks. ``most``: refuse, before
-    solving anything, when the regions would get at least this many points.
+    solving anything, when the regions would get at least this many points. ``advance(k)``
+    is told each time k more regions are done (a progress bar).
     """
     tbl, q = moments.table, len(binning.quantitative)
     n = moments.counts()
@@ -131,6 +134,8 @@ def generate(moments: MomentTable, binning: Binning, spec: SquashSpec, fetch_row
         pieces_x.append(np.array([r for v in lists for r in v], dtype=float).reshape(-1, q))
         pieces_w.append(np.ones(len(pieces_reg[-1])))
     fit = np.flatnonzero(kind == "fit")
+    if advance is not None:
+        advance(len(n) - fit.size)  # means and rows: done already
     if fit.size:
         sd_safe = np.where(sd > 0, sd, 1.0)
         central = central_moments(raw, n, mean, sd_safe)
@@ -146,7 +151,7 @@ def generate(moments: MomentTable, binning: Binning, spec: SquashSpec, fetch_row
             s = s[~np.isnan(s[:, present[r]]).any(axis=1)] if len(s) else s
             samples.append((s - center[r]) / scale[r])
         pts, w, rid, diag = solver.solve(nf[fit].astype(np.int64), lo_z[fit], hi_z[fit], mean[fit], cov[fit], higher,
-                                         m[fit], samples, seed=spec.seed, iters=spec.max_iter)
+                                         m[fit], samples, seed=spec.seed, iters=spec.max_iter, advance=advance)
         x = center[fit][rid] + scale[fit][rid] * pts
         x = np.clip(x, lo_x[fit][rid], hi_x[fit][rid])
         kind[fit] = diag["method"]

@@ -217,8 +217,8 @@ def generate(con: duckdb.DuckDBPyConnection, plan: SquashPlan, moments: MomentTa
             starts = assign_regions(con, plan.binning, moments, sample)
     else:
         starts = (np.empty(0, dtype=np.int64), np.empty((0, q)))
-    with progress_bar(None, "generate", show_progress):
-        out = solve(moments, plan.binning, plan.spec, fetch, starts, most)
+    with progress_bar(None, "generate", show_progress, total=moments.n_regions, unit="regions") as advance:
+        out = solve(moments, plan.binning, plan.spec, fetch, starts, most, advance)
     counts = out.regions.column("n_points").to_numpy()
     return out.table, out.regions, np.repeat(np.arange(moments.n_regions), counts)
 

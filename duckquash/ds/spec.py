@@ -43,7 +43,7 @@ class SquashSpec:
     seed: int = 0
     exact_covariance: bool = True
     sample_size: int = 100_000
-    max_iter: int = 30
+    max_iter: int = 20
     size: int | None = None
 
     def __post_init__(self) -> None:

@@ -14,11 +14,15 @@ import contextlib
 import sys
 import threading
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 import duckdb
 
 BAR_FORMAT = "{desc:>18} {bar} {percentage:3.0f}% {elapsed}"
+
+
+def _ignore(_: int) -> None:
+    """The count callback of a bar that is not shown."""
 
 
 def phase_of(raw: float, scan_share: float) -> tuple[str, float]:
@@ -33,22 +37,33 @@ def phase_of(raw: float, scan_share: float) -> tuple[str, float]:
 
 @contextlib.contextmanager
 def progress(con: duckdb.DuckDBPyConnection | None, label: str, enabled: bool,
-             scan_share: float = 1.0) -> Iterator[None]:
-    """Show a bar for the body; poll ``con.query_progress()`` from a thread, or only time it if ``con`` is None.
+             scan_share: float = 1.0, total: int | None = None,
+             unit: str = "items") -> Iterator[Callable[[int], None]]:
+    """Show a bar for the body; poll ``con.query_progress()`` from a thread, or count ``total`` items
+    (the body calls the yielded function with how many it finished), or only time it.
 
     ``scan_share`` is the fraction of DuckDB's percentage that the query's first (scan)
     pipeline accounts for: 1/3 for scan -> GROUP BY -> ORDER BY, 1/2 for scan -> top-k.
     """
     if not enabled:
-        yield
+        yield _ignore
         return
     if not sys.stderr.isatty():  # a log file: one line per stage, not a stream of \r frames
         t0 = time.perf_counter()
-        yield
-        print(f"{label}: done in {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
+        yield _ignore
+        what = f" ({total:,} {unit})" if total is not None else ""
+        print(f"{label}: done in {time.perf_counter() - t0:.1f}s{what}", file=sys.stderr, flush=True)
         return
     from tqdm import tqdm
 
+    if total is not None:  # counted by the body, from the caller's thread
+        bar = tqdm(total=total, desc=label, leave=False, unit=f" {unit}",
+                   bar_format="{desc:>18} {bar} {n_fmt}/{total_fmt}{unit} {elapsed}")
+        try:
+            yield bar.update
+        finally:
+            bar.close()
+        return
     if con is None:
         bar = tqdm(total=None, desc=label, leave=False, bar_format="{desc:>18} running {elapsed}")
         stop = threading.Event()
@@ -80,7 +95,7 @@ def progress(con: duckdb.DuckDBPyConnection | None, label: str, enabled: bool,
         thread = threading.Thread(target=poll, daemon=True)
     thread.start()
     try:
-        yield
+        yield _ignore
     finally:
         stop.set()
         thread.join()
