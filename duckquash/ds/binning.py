@@ -11,8 +11,7 @@ Two cheap passes fix the binning before the moment pass:
 """
 from __future__ import annotations
 
-import hashlib
-import json
+import functools
 import math
 from dataclasses import dataclass, replace
 from typing import Sequence
@@ -79,6 +78,17 @@ class Binning:
         if self.method == "adaptive":
             return [MISS, LEAF]
         return [MISS, LAYER, PYR, PYR2]
+
+    def min_regions(self) -> int:
+        """A lower bound on the regions of the data this binning was fitted on (adaptive: the trees'
+        leaves; HypRect: the bins of one cell; Data Spheres: the layers)."""
+        if not self.quantitative:
+            return 1
+        if self.method == "adaptive":
+            return max(1, len(self.forest.leaves())) if self.forest is not None else 1
+        if self.method == "hyprect":
+            return int(np.prod([len(e) + 1 for e in self.edges]))
+        return len(self.layer_edges) + 1
 
     def miss_sql(self, v: list[str]) -> str:
         """Bit j set when the j-th value is NULL (or NaN)."""
@@ -190,7 +200,13 @@ class Binning:
     # ------------------------------------------------------------------ adaptive regions' tables
 
     def aux_tables(self) -> dict[str, pa.Table]:
-        """Tables the region-key SQL reads (adaptive: the cells' roots and the node lists); name -> table."""
+        """Tables the region-key SQL reads (adaptive: the cells' roots and the node lists); name -> table.
+
+        Built once per binning (2M rows, 47,607 nodes: 1.5 s a call, called at least twice a squash)."""
+        return dict(self._aux_tables)
+
+    @functools.cached_property
+    def _aux_tables(self) -> dict[str, pa.Table]:
         if self.method != "adaptive" or self.forest is None:
             return {}
         f, q = self.forest, len(self.quantitative)
@@ -205,9 +221,7 @@ class Binning:
 
     def aux_names(self) -> tuple[str, str]:
         """Names of the cells and nodes tables: fixed by the trees' content, so any session can rebuild them."""
-        f = self.forest
-        content = json.dumps([f.dim, f.thr, f.first, f.lo, f.hi, f.center, f.scale]).encode() + f.cells
-        digest = hashlib.sha1(content).hexdigest()[:16]
+        digest = self.forest.digest
         return f"__dq_cells_{digest}", f"__dq_nodes_{digest}"
 
     def _node_list(self, column: str, scalar: bool) -> str:

@@ -24,8 +24,11 @@ everything, for cells the sample did not see (or saw once).
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import heapq
 import io
+import json
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -51,6 +54,13 @@ class Forest:
     cells: bytes  # Arrow IPC stream: the categorical columns of every cell with a tree, and ROOT_COL
     center: tuple[tuple[float, ...], ...] = ()  # each node's units: z = (x - center) / scale (see units)
     scale: tuple[tuple[float, ...], ...] = ()
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """A hash of the trees' content (names the tables their SQL reads); computed once per forest:
+        the JSON of 47,607 nodes (2M rows) took 1.15 s, and the moment pass asked for it 4 times."""
+        content = json.dumps([self.dim, self.thr, self.first, self.lo, self.hi, self.center, self.scale]).encode()
+        return hashlib.sha1(content + self.cells).hexdigest()[:16]
 
     @property
     def n_nodes(self) -> int:
