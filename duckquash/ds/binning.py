@@ -131,13 +131,13 @@ class Binning:
         return cuts[:-1], np.maximum(cuts[1:], cuts[:-1])
 
     def _node_boxes(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.array(self.forest.lo, dtype=float), np.array(self.forest.hi, dtype=float)
+        return self.forest.arrays["lo"], self.forest.arrays["hi"]
 
     def _bin_units(self, j: int) -> tuple[np.ndarray, np.ndarray]:
         return np.array(self.bin_center[j], dtype=float), np.array(self.bin_scale[j], dtype=float)
 
     def _node_units(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.array(self.forest.center, dtype=float), np.array(self.forest.scale, dtype=float)
+        return self.forest.arrays["center"], self.forest.arrays["scale"]
 
     def frames(self, keys: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         """(mid, half) per region (rows of ``keys``, the key columns) and column: the units of its sums."""
