@@ -309,9 +309,10 @@ def _node_stats(x: np.ndarray, members: list[np.ndarray]) -> tuple[np.ndarray, n
             total[:m] = total[:m] + v[at[:m] + k]
         return total
 
-    mean = row_sums(y) / ns[:, None]
-    d = y - np.repeat(mean[back], sizes, axis=0)
-    sd = np.sqrt(row_sums(d * d) / ns[:, None])
+    with np.errstate(over="ignore", invalid="ignore"):  # overflows are redone below, as sample_moments does
+        mean = row_sums(y) / ns[:, None]
+        d = y - np.repeat(mean[back], sizes, axis=0)
+        sd = np.sqrt(row_sums(d * d) / ns[:, None])
     mean, sd = mean[back], sd[back]
     redo = (sizes < 2) | ~np.isfinite(sd).all(axis=1) if q >= 2 else np.ones(r, dtype=bool)
     for i in np.flatnonzero(redo):
