@@ -11,8 +11,7 @@ Two cheap passes fix the binning before the moment pass:
 """
 from __future__ import annotations
 
-import hashlib
-import json
+import functools
 import math
 from dataclasses import dataclass, replace
 from typing import Sequence
@@ -80,6 +79,17 @@ class Binning:
             return [MISS, LEAF]
         return [MISS, LAYER, PYR, PYR2]
 
+    def min_regions(self) -> int:
+        """A lower bound on the regions of the data this binning was fitted on (adaptive: the trees'
+        leaves; HypRect: the bins of one cell; Data Spheres: the layers)."""
+        if not self.quantitative:
+            return 1
+        if self.method == "adaptive":
+            return max(1, len(self.forest.leaves())) if self.forest is not None else 1
+        if self.method == "hyprect":
+            return int(np.prod([len(e) + 1 for e in self.edges]))
+        return len(self.layer_edges) + 1
+
     def miss_sql(self, v: list[str]) -> str:
         """Bit j set when the j-th value is NULL (or NaN)."""
         return "(" + " + ".join(f"(CASE WHEN {v[j]} IS NULL THEN {1 << j} ELSE 0 END)"
@@ -121,13 +131,13 @@ class Binning:
         return cuts[:-1], np.maximum(cuts[1:], cuts[:-1])
 
     def _node_boxes(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.array(self.forest.lo, dtype=float), np.array(self.forest.hi, dtype=float)
+        return self.forest.arrays["lo"], self.forest.arrays["hi"]
 
     def _bin_units(self, j: int) -> tuple[np.ndarray, np.ndarray]:
         return np.array(self.bin_center[j], dtype=float), np.array(self.bin_scale[j], dtype=float)
 
     def _node_units(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.array(self.forest.center, dtype=float), np.array(self.forest.scale, dtype=float)
+        return self.forest.arrays["center"], self.forest.arrays["scale"]
 
     def frames(self, keys: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         """(mid, half) per region (rows of ``keys``, the key columns) and column: the units of its sums."""
@@ -190,7 +200,13 @@ class Binning:
     # ------------------------------------------------------------------ adaptive regions' tables
 
     def aux_tables(self) -> dict[str, pa.Table]:
-        """Tables the region-key SQL reads (adaptive: the cells' roots and the node lists); name -> table."""
+        """Tables the region-key SQL reads (adaptive: the cells' roots and the node lists); name -> table.
+
+        Built once per binning (2M rows, 47,607 nodes: 1.5 s a call, called at least twice a squash)."""
+        return dict(self._aux_tables)
+
+    @functools.cached_property
+    def _aux_tables(self) -> dict[str, pa.Table]:
         if self.method != "adaptive" or self.forest is None:
             return {}
         f, q = self.forest, len(self.quantitative)
@@ -205,9 +221,7 @@ class Binning:
 
     def aux_names(self) -> tuple[str, str]:
         """Names of the cells and nodes tables: fixed by the trees' content, so any session can rebuild them."""
-        f = self.forest
-        content = json.dumps([f.dim, f.thr, f.first, f.lo, f.hi, f.center, f.scale]).encode() + f.cells
-        digest = hashlib.sha1(content).hexdigest()[:16]
+        digest = self.forest.digest
         return f"__dq_cells_{digest}", f"__dq_nodes_{digest}"
 
     def _node_list(self, column: str, scalar: bool) -> str:
@@ -223,7 +237,12 @@ class Binning:
 
         ``scalar_nodes``: the node lists are not cross-joined onto every row but read as uncorrelated
         scalar subqueries (for Spark, which would copy every list into every row: 200k rows, 1,111
-        regions, 5 columns took 171 s that way); :meth:`local_z_sql` must then be told the same."""
+        regions, 5 columns took 171 s that way); :meth:`local_z_sql` must then be told the same.
+
+        Tried instead (DuckDB, 2M rows, 47,607 nodes, depth 11): one hash join per level against a
+        node table with a row per node (id, dim, thr, first): the same keys at the same cost
+        (3.2 s CPU against 3.4 s for the keyed rows), so the one-row table of lists stays; the
+        moment pass's cost was its GROUP BY (see :func:`duckquash.ds.moments.clustered`)."""
         cells, nodes = (ident(n) for n in self.aux_names())
         start = f"coalesce(c.{ROOT_COL}, 0)::BIGINT"
         on = key_match("s", "c", categorical) if categorical else "TRUE"

@@ -24,8 +24,11 @@ everything, for cells the sample did not see (or saw once).
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import heapq
 import io
+import json
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -52,9 +55,24 @@ class Forest:
     center: tuple[tuple[float, ...], ...] = ()  # each node's units: z = (x - center) / scale (see units)
     scale: tuple[tuple[float, ...], ...] = ()
 
+    @functools.cached_property
+    def digest(self) -> str:
+        """A hash of the trees' content (names the tables their SQL reads); computed once per forest:
+        the JSON of 47,607 nodes (2M rows) took 1.15 s, and the moment pass asked for it 4 times."""
+        content = json.dumps([self.dim, self.thr, self.first, self.lo, self.hi, self.center, self.scale]).encode()
+        return hashlib.sha1(content + self.cells).hexdigest()[:16]
+
     @property
     def n_nodes(self) -> int:
         return len(self.dim)
+
+    @functools.cached_property
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The node boxes and units as (n_nodes, q) arrays, built once (47,607 nodes: 0.17 s each)."""
+        out = {k: np.array(getattr(self, k), dtype=float) for k in ("lo", "hi", "center", "scale")}
+        for a in out.values():
+            a.setflags(write=False)  # shared by every caller
+        return out
 
     def cell_table(self) -> pa.Table:
         return pa.ipc.open_stream(self.cells).read_all()
@@ -90,37 +108,40 @@ def _ipc(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
-def _split(x: np.ndarray, box_lo: np.ndarray, box_hi: np.ndarray, scale: np.ndarray, min_count: int):
+def _split(x: np.ndarray, box_lo: np.ndarray, box_hi: np.ndarray, scale: np.ndarray, min_count: int,
+           sd: np.ndarray | None = None):
     """Best split of sample rows ``x`` (n, q): (dim, threshold, left mask) or None.
 
-    Columns are tried widest first (sd relative to the table's); the threshold is halfway between
-    the two distinct values around the median, so equal values stay together.
+    Columns are tried widest first (sd relative to the table's; ``sd``: the rows' sd if known);
+    the threshold is halfway between the two distinct values around the median, so equal values
+    stay together. One sort per column tried and binary searches around the median (the
+    distinct-value counts of ``np.unique`` gave the same splits at twice the cost).
     """
-    if len(x) < 2 * min_count:
+    n = len(x)
+    if n < 2 * min_count:
         return None
-    spread = sample_moments(x)[1] / scale
+    spread = (sample_moments(x)[1] if sd is None else sd) / scale
+    half = n / 2
+    p = (n + 1) // 2 - 1  # the median row: its distinct value is the first whose count of rows <= it reaches n / 2
     for j in np.argsort(-spread, kind="stable"):
         if not spread[j] > 0:
             break
         v = np.sort(x[:, j])
-        uniq, counts = np.unique(v, return_counts=True)
-        if len(uniq) < 2:
+        if not v[0] < v[-1]:  # a single distinct value
             continue
-        below = np.cumsum(counts)  # rows with value <= uniq[k]
-        k = int(np.searchsorted(below, len(v) / 2))  # the distinct value holding the median
-        cands = [c for c in (k - 1, k) if 0 <= c < len(uniq) - 1]  # split after uniq[c]
-        best = None
-        for c in cands:
-            left = int(below[c])
-            if left >= min_count and len(v) - left >= min_count:
-                bal = abs(left - len(v) / 2)
+        lo_at = int(np.searchsorted(v, v[p], "left"))  # rows below the median's value
+        hi_at = int(np.searchsorted(v, v[p], "right"))  # rows up to it
+        best = None  # (balance, rows left, value below, value above): split below the median's value or after it
+        for left, below, above in ((lo_at, lo_at - 1, lo_at), (hi_at, lo_at, hi_at)):
+            if 0 < left < n and left >= min_count and n - left >= min_count:
+                bal = abs(left - half)
                 if best is None or bal < best[0]:
-                    best = (bal, c)
+                    best = (bal, left, below, above)
         if best is None:
             continue
-        c = best[1]
-        t = float(uniq[c] + (uniq[c + 1] - uniq[c]) / 2)
-        if not (uniq[c] < t <= uniq[c + 1]) or not (box_lo[j] < t <= box_hi[j]):
+        u0, u1 = float(v[best[2]]), float(v[best[3]])
+        t = u0 + (u1 - u0) / 2
+        if not (u0 < t <= u1) or not (box_lo[j] < t <= box_hi[j]):
             continue
         return int(j), t, x[:, j] < t
     return None
@@ -156,16 +177,16 @@ class Growth:
         """
         q = len(self.lo)
         dim, thr, first, los, his = [-1], [math.inf], [0], [tuple(self.lo)], [tuple(self.hi)]
-        cen, sca = [], []
+        means, sds, counts = [], [], []
         roots, depth = [], 0
+        root_lo, root_hi = [float(v) for v in self.lo], [float(v) for v in self.hi]  # Python floats: fast to copy
         for c, want in enumerate(wants):
             k = max(0, min(want, len(self.splits[c]) + 1) - 1)
             nodes = self.nodes[c][:1 + 2 * k]
             base = len(dim)
             roots.append(base)
             level = [0] * len(nodes)
-            boxes = [(list(self.lo), list(self.hi))] + [None] * (len(nodes) - 1)
-            stats = [(nd[5], nd[6], nd[3]) for nd in nodes]
+            boxes = [(root_lo, root_hi)] + [None] * (len(nodes) - 1)
             for i, (parent, j, t, *_rest) in enumerate(nodes):
                 dim.append(-1), thr.append(math.inf), first.append(base + i)
                 if i == 0:
@@ -181,20 +202,23 @@ class Growth:
                 depth = max(depth, level[i])
                 if i % 2:
                     dim[base + parent], thr[base + parent], first[base + parent] = j, t, base + i
-            los += [tuple(b[0]) for b in boxes]
-            his += [tuple(b[1]) for b in boxes]
-            for (blo, bhi), (mu, sd, count) in zip(boxes, stats):
-                c, u = units(mu, sd, np.array(blo), np.array(bhi), count, headroom)
-                cen.append(tuple(c))
-                sca.append(tuple(u))
-        c0, s0 = units(np.full(q, np.nan), np.full(q, np.nan), np.array(self.lo), np.array(self.hi), 0, headroom)
-        cen, sca = [tuple(c0)] + cen, [tuple(s0)] + sca
+            los += [b[0] for b in boxes]
+            his += [b[1] for b in boxes]
+            means += [nd[5] for nd in nodes]
+            sds += [nd[6] for nd in nodes]
+            counts += [nd[3] for nd in nodes]
+        # every node's units in one call (units is elementwise: the same numbers as node by node,
+        # which took 5.5 s for 47,607 nodes)
+        lo_a, hi_a = np.array(los, dtype=float).reshape(-1, q), np.array(his, dtype=float).reshape(-1, q)
+        cen, sca = units(np.array([np.full(q, np.nan)] + means, dtype=float).reshape(-1, q),
+                         np.array([np.full(q, np.nan)] + sds, dtype=float).reshape(-1, q),
+                         lo_a, hi_a, np.array([0] + counts)[:, None], headroom)
         table = self.cells.append_column(ROOT_COL, pa.array(roots, pa.int64()))
-        assert len(los) == len(dim) == len(cen) and q == len(self.hi)
-        plain = lambda rows: tuple(tuple(float(v) for v in r) for r in rows)  # noqa: E731 - no numpy scalars:
-        # the plan's JSON, equality and the aux tables' content hash must not depend on them
+        assert len(lo_a) == len(dim) == len(cen) and q == len(self.hi)
+        plain = lambda rows: tuple(map(tuple, np.asarray(rows, dtype=float).tolist()))  # noqa: E731 - no numpy
+        # scalars: the plan's JSON, equality and the aux tables' content hash must not depend on them
         return Forest(tuple(int(d) for d in dim), tuple(float(t) for t in thr), tuple(int(i) for i in first),
-                      plain(los), plain(his), int(depth), _ipc(table), plain(cen), plain(sca))
+                      plain(lo_a), plain(hi_a), int(depth), _ipc(table), plain(cen), plain(sca))
 
 
 def grow(cells: pa.Table, cell_of_row: np.ndarray, x: np.ndarray, lo: np.ndarray, hi: np.ndarray,
@@ -214,6 +238,7 @@ def grow(cells: pa.Table, cell_of_row: np.ndarray, x: np.ndarray, lo: np.ndarray
     starts = np.searchsorted(cell_of_row[order], np.arange(cells.num_rows + 1))
     keep, all_nodes, all_splits = [], [], []
     box_lo, box_hi = np.where(np.isfinite(lo), lo, 0.0), np.where(np.isfinite(hi), hi, 0.0)
+    child_members: list[np.ndarray] = []  # every child's sampled rows, their stats computed at the end in one batch
     for c in range(cells.num_rows):
         members_all = order[starts[c]:starts[c + 1]]
         rows = members_all[complete[members_all]]
@@ -222,7 +247,7 @@ def grow(cells: pa.Table, cell_of_row: np.ndarray, x: np.ndarray, lo: np.ndarray
         # the root's units from every sampled row of the cell (rows with NULLs stop there); splits
         # from the complete ones
         nodes = [(-1, -1, math.inf, len(members_all), _varying(x[rows]), *sample_moments(x[members_all]))]
-        boxes = [(box_lo.copy(), box_hi.copy())]
+        boxes = [(box_lo, box_hi)]
         splits: list[int] = []
         heap = [(-len(rows), 0, rows)]
         while heap and len(splits) + 1 < max_leaves[c]:
@@ -232,27 +257,78 @@ def grow(cells: pa.Table, cell_of_row: np.ndarray, x: np.ndarray, lo: np.ndarray
                 continue
             j, t, left = found
             for side, part in ((0, members[left]), (1, members[~left])):
-                blo, bhi = boxes[node][0].copy(), boxes[node][1].copy()
+                blo, bhi = boxes[node]
                 if side == 0:
+                    bhi = bhi.copy()
                     bhi[j] = t
                 else:
+                    blo = blo.copy()
                     blo[j] = t
                 boxes.append((blo, bhi))
-                nodes.append((node, j, t, len(part), _varying(x[part]), *sample_moments(x[part])))
+                nodes.append((node, j, t, len(part), len(child_members)))
+                child_members.append(part)
                 heapq.heappush(heap, (-len(part), len(nodes) - 1, part))
             splits.append(node)
         keep.append(c)
         all_nodes.append(nodes)
         all_splits.append(splits)
+    varying, means, sds = _node_stats(x, child_members)
+    for nodes in all_nodes:
+        for i in range(1, len(nodes)):
+            parent, j, t, count, k = nodes[i]
+            nodes[i] = (parent, j, t, count, int(varying[k]), means[k], sds[k])
     return Growth(cells.take(pa.array(keep, pa.int64())), np.array(keep, dtype=np.int64), all_nodes, all_splits,
                   box_lo, box_hi, rows_per_sample_row)
+
+
+def _node_stats(x: np.ndarray, members: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_varying` and :func:`sample_moments` of ``x[m]`` for every ``m`` of ``members``, in one batch.
+
+    The same numbers bit for bit: NumPy reduces a C-ordered (n, q >= 2) array over its rows one row
+    after another, and so does this, for all nodes at once (row k of every node with more than k
+    rows); nodes the shortcut does not cover (one row, a NaN or an overflow, q = 1, where NumPy
+    sums pairwise) go through :func:`sample_moments`. 2M rows, 47,595 nodes: 6.8 s -> 0.2 s.
+    """
+    r, q = len(members), x.shape[1]
+    if not r:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, q)), np.zeros((0, q))
+    sizes = np.array([len(m) for m in members], dtype=np.int64)
+    flat = np.concatenate(members)
+    begin = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    y = x[flat]
+    varying = (np.maximum.reduceat(y, begin, axis=0) > np.minimum.reduceat(y, begin, axis=0)).sum(axis=1)
+    order = np.argsort(-sizes, kind="stable")  # longest first: the nodes with more than k rows are a prefix
+    back = np.argsort(order)
+    ns, at = sizes[order], begin[order]
+    longer = np.searchsorted(-ns, -np.arange(int(ns[0])), side="left")  # longer[k]: nodes with more than k rows
+
+    def row_sums(v: np.ndarray) -> np.ndarray:
+        total = v[at].copy()
+        for k in range(1, int(ns[0])):
+            m = longer[k]
+            total[:m] = total[:m] + v[at[:m] + k]
+        return total
+
+    with np.errstate(over="ignore", invalid="ignore"):  # overflows are redone below, as sample_moments does
+        mean = row_sums(y) / ns[:, None]
+        d = y - np.repeat(mean[back], sizes, axis=0)
+        sd = np.sqrt(row_sums(d * d) / ns[:, None])
+    mean, sd = mean[back], sd[back]
+    redo = (sizes < 2) | ~np.isfinite(sd).all(axis=1) if q >= 2 else np.ones(r, dtype=bool)
+    for i in np.flatnonzero(redo):
+        mean[i], sd[i] = sample_moments(x[members[i]])
+    return varying, mean, sd
 
 
 def sample_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and sd of a node's sampled rows per column, ignoring NaN (NaN with fewer than two values)."""
     if len(x) >= 2:
-        with np.errstate(over="ignore", invalid="ignore"):
-            mean, sd = x.mean(axis=0), x.std(axis=0)
+        with np.errstate(over="ignore", invalid="ignore"):  # x.mean(axis=0), x.std(axis=0) as NumPy computes
+            n = len(x)  # them (the same ufunc calls, bit for bit), without their wrappers' 40 us a call
+            total = np.add.reduce(x, axis=0, keepdims=True)
+            mean = (total / n)[0]
+            d = x - total / n
+            sd = np.sqrt(np.add.reduce(d * d, axis=0) / n)
         if np.isfinite(sd).all():  # the common case: no NaN, no overflow
             return mean, sd
     ok = ~np.isnan(x)

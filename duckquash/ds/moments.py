@@ -170,14 +170,31 @@ def install_aux(con: duckdb.DuckDBPyConnection, binning: Binning) -> None:
                 con.execute(f"CREATE TEMP TABLE {ident(name)} AS SELECT * FROM {ident(view)}")
 
 
+CLUSTER_STATES = 250_000  # regions x aggregates from which the rows are sorted by region before the GROUP BY
+
+
+def clustered(n_regions: int, n_aggregates: int) -> bool:
+    """Whether the moment pass sorts its rows by region key before aggregating (DuckDB).
+
+    The hash aggregate's states (about 24 bytes per aggregate per region) outgrow the caches
+    with many regions, and rows in random region order then miss the cache on every update; in
+    region order each chunk updates a few regions. Measured (2 cores, 2M rows, 125 ``fsum``):
+    12 regions 0.72 s CPU unsorted / 1.80 s sorted, 1,000: 1.83 / 2.17, 3,000: 2.73 / 2.01,
+    23,809: 6.6 / 2.6. The adaptive moment pass over 2M rows, 23,809 regions, 135 aggregates:
+    11.3 -> 7.2 s CPU; 300k rows, 3,573 regions: 1.1 -> 0.77 s. Break-even is near 2,000
+    regions of 125 sums, i.e. ``CLUSTER_STATES`` region-aggregates."""
+    return n_regions * n_aggregates >= CLUSTER_STATES
+
+
 def moment_sql(from_sql: str, binning: Binning, extent: Extent, categorical: tuple[str, ...],
                exps: Sequence[tuple[int, ...]], part: tuple[int, int] | None = None, exact: bool = True,
-               scalar_nodes: bool = False) -> str:
+               scalar_nodes: bool = False, cluster: bool = False) -> str:
     """The moment query over the FROM item ``from_sql``: one row per region, sorted by region key.
 
     ``exact``: each power sum is an exact ``HUGEINT`` total of terms scaled by ``2**fraction_bits``
     (or a DOUBLE sum where the range is too wide for fixed point), so partial tables add exactly;
-    otherwise a compensated DOUBLE sum (``fsum``).
+    otherwise a compensated DOUBLE sum (``fsum``). ``cluster``: the rows reach the GROUP BY in
+    region order (an ``ORDER BY`` in the subquery, which DuckDB keeps; see :func:`clustered`).
     """
     q = len(binning.quantitative)
     cats = [ident(c) for c in categorical]
@@ -195,8 +212,11 @@ def moment_sql(from_sql: str, binning: Binning, extent: Extent, categorical: tup
         else:
             aggs.append(f"sum(({term} * {literal(float(2.0 ** bits))})::BIGINT) AS {moment_col(e)}")
     group = comma(cats + keys)
+    keyed = keyed_rows_sql(from_sql, binning, categorical, part=part, scalar_nodes=scalar_nodes)
+    if cluster and group:  # the binning's keys first: an adaptive leaf alone nearly names its region
+        keyed += f" ORDER BY {comma(keys + cats)}"
     return (f"SELECT {comma(cats + keys + aggs)}\n"
-            f"FROM ({keyed_rows_sql(from_sql, binning, categorical, part=part, scalar_nodes=scalar_nodes)}) AS __dq_keyed\n"
+            f"FROM ({keyed}) AS __dq_keyed\n"
             + (f"GROUP BY {group}\nORDER BY {key_order(list(categorical) + keys)}" if group else ""))
 
 

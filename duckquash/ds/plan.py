@@ -39,7 +39,7 @@ from .binning import Binning, Extent, binning_from_sample, fit_binning, float_fl
 from .forest import DOUBLE_HEADROOM, EXACT_HEADROOM, Forest
 from .generate import exact_row_limit
 from .points import n_points
-from .moments import exponents, fraction_bits, install_aux, keyed_rows_sql, moment_sql, small_rows_sql
+from .moments import clustered, exponents, fraction_bits, install_aux, keyed_rows_sql, moment_sql, small_rows_sql
 from .spec import SquashSpec
 
 ROWS_AT_HAND = 64
@@ -127,8 +127,10 @@ class SquashPlan:
                              "use DuckDB list functions)")
         if dialect != "duckdb" and part is not None:
             raise InputError("part= splits the pass by DuckDB's hash(); it is for DuckDB only")
+        regions = self.binning.min_regions() // (part[1] if part else 1)
         sql = moment_sql(FROM_PLACEHOLDER, self.binning, self.extent, self.spec.categorical, self.exps, part=part,
-                         exact=self.exact, scalar_nodes=dialect == "spark")
+                         exact=self.exact, scalar_nodes=dialect == "spark",
+                         cluster=dialect == "duckdb" and clustered(regions, self.n_aggregates))
         if rows and dialect == "duckdb" and self.keeps_rows:
             sql = self._with_rows(sql, part)
         return render(sql, dialect, from_sql)
