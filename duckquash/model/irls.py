@@ -275,6 +275,10 @@ def fit_design(con: duckdb.DuckDBPyConnection, from_sql: str, design: Design, fa
     work, M, Minv = _centred(con, from_sql, design, cells=bool(per_cell))
     if beta is not None:
         beta = Minv @ beta
+    elif family != "gaussian" and isinstance(work, cellpass.CellPlan):
+        # start from a sample's fit (cells.sample_start): the first pass is then a Newton pass, not the
+        # start pass at statsmodels' starting mean, and later Newton passes are saved
+        beta = cellpass.sample_start(con, from_sql, work, family, w_sql)
     sums = _pass(con, from_sql, work, family, w_sql, beta, first=True)
     passes = 1
     c = sums.checks
@@ -311,9 +315,6 @@ def fit_design(con: duckdb.DuckDBPyConnection, from_sql: str, design: Design, fa
     else:
         if beta is None:  # start pass: X'Wz at statsmodels' starting mean
             beta = solve(cf, s, sums.b)
-            if isinstance(work, cellpass.CellPlan):  # a sample's fit saves Newton passes (cells.sample_start)
-                better = cellpass.sample_start(con, from_sql, work, family, w_sql, beta)
-                beta = beta if better is None else better
             sums = _pass(con, from_sql, work, family, w_sql, beta, first=False)
             passes += 1
             n_iter += 1
