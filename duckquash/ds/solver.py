@@ -235,7 +235,7 @@ def _floor(lo, hi, s, sd):
     return 8 * np.finfo(float).eps * np.maximum(np.abs(lo), np.abs(hi)) / s / sd
 
 
-def _moment_plan(d: int, full: bool, mr: int, with_higher: bool) -> tuple[list, np.ndarray, int]:
+def _moment_plan(d: int, full: bool, mr: int, rank: int, with_higher: bool) -> tuple[list, np.ndarray, int]:
     """The candidate moments a region of ``d`` active columns fits, their degrees and how many
     of them it keeps: lowest orders first until K >= M (d + 1) as in the paper (MOMENT_CAP)."""
     if not with_higher:
@@ -247,7 +247,7 @@ def _moment_plan(d: int, full: bool, mr: int, with_higher: bool) -> tuple[list, 
         k2 = d + d * (d + 1) // 2 if full else 2 * d
         cap = max(mr * (d + 1) - k2, d)
     else:
-        cap = max(int(MAX_RESID_FACTOR * mr * (d + 1)), 3 * d)
+        cap = max(int(MAX_RESID_FACTOR * mr * (rank + 1)), 3 * d)
     return cands, np.array([sum(e) for e in cands]), cap
 
 
@@ -302,9 +302,9 @@ def prepare(n, lo, hi, mean, cov, higher, m, samples, scale=None):
         mr = np.minimum(np.maximum(np.asarray(m, dtype=np.int64)[idx], 1), n[idx])
         mr = np.where(mr == 1, np.minimum(2, n[idx]), mr)  # one point cannot carry a variance
         full = mr >= rank + 1
-        plans: dict = {}  # (full, m) -> candidates, their targets for every region of the pattern
+        plans: dict = {}  # (full, m, rank) -> candidates, their targets for every region of the pattern
         for b, r in enumerate(rows):
-            key = (bool(full[b]), int(mr[b]))
+            key = (bool(full[b]), int(mr[b]), int(rank[b]) if MOMENT_CAP != "paper" else 0)
             if key not in plans:
                 cands, deg, cap = _moment_plan(d, *key, bool(higher))
                 plans[key] = (cands, deg, cap, _targets(cands, deg, act, dfull, higher, idx, R))
