@@ -27,21 +27,8 @@ import duckdb
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-CATS = ["a1", "a2"]
-QUANT = ["x1", "x2", "x3", "x4", "x5"]
-
-
-def make_data(path: str, rows: int) -> None:
-    """The data of benchmarks/squash_20m.py: deterministic skewed values from hashes of the row number."""
-    if os.path.exists(path):
-        return
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    u = lambda k: f"((hash(i * 16 + {k}) >> 11)::DOUBLE / 9007199254740992.0 + 1e-12)"  # noqa: E731
-    con = duckdb.connect()
-    con.execute(f"""COPY (SELECT floor({u(1)} * 3)::INT AS a1, floor({u(2)} * 4)::INT AS a2,
-        exp({u(3)} * 2) AS x1, {u(4)} + 0.5 * {u(5)} AS x2, -ln({u(6)}) AS x3,
-        {u(7)} * {u(8)} AS x4, sqrt({u(9)}) + 0.3 * -ln({u(6)}) AS x5
-        FROM range({rows}) t(i)) TO '{path}' (FORMAT PARQUET)""")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from squash_20m import CATS, QUANT, make_data  # noqa: E402 - the same data as benchmarks/squash_20m.py
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ def make_data(path: str, rows: int) -> None:
     """Deterministic skewed data from hashes of the row number (no RNG state, any thread count)."""
     if os.path.exists(path):
         return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     u = lambda k: f"((hash(i * 16 + {k}) >> 11)::DOUBLE / 9007199254740992.0 + 1e-12)"  # noqa: E731
     con = duckdb.connect()
     con.execute(f"""COPY (SELECT floor({u(1)} * 3)::INT AS a1, floor({u(2)} * 4)::INT AS a2,

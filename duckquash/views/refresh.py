@@ -102,10 +102,7 @@ def refresh(con: duckdb.DuckDBPyConnection, name: str | Sequence[str], new_rows:
     """
     names = ViewNames.of(name)
     new_rows = drain_pending(con, new_rows)  # a reader holding con's open result is read first
-    refuse_open_transaction(con, "refresh()")
-    meta = read_meta(con, names)
-    plan, version = stored_plan(names, meta)
-    _check_options(batch_id, max_update_share)
+    meta, plan, version = _open_view(con, names, batch_id, max_update_share)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     src = resolve(con, new_rows)
@@ -152,10 +149,7 @@ def refresh_batch(con: duckdb.DuckDBPyConnection, name: str | Sequence[str], bat
     """:func:`refresh` with new rows momentized elsewhere (a :class:`Batch`); the same checks, the same
     merge and re-solve, the same result as when the rows are read here."""
     names = ViewNames.of(name)
-    refuse_open_transaction(con, "refresh()")
-    meta = read_meta(con, names)
-    plan, version = stored_plan(names, meta)
-    _check_options(batch_id, max_update_share)
+    meta, plan, version = _open_view(con, names, batch_id, max_update_share)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     check_types(Source("", dict(batch.columns), batch.label), plan)
@@ -174,6 +168,16 @@ def refresh_batch(con: duckdb.DuckDBPyConnection, name: str | Sequence[str], bat
 
     return _fold(con, names, plan, version, log, batch.stats, {"label": batch.label, "source": None}, batch_id,
                  max_update_share, moments, sample, timings, t0)
+
+
+def _open_view(con: duckdb.DuckDBPyConnection, names: ViewNames, batch_id, max_update_share):
+    """The checks both refresh entry points start with: no open transaction on ``con``, the view's
+    stored meta and plan (with its version), valid options. Returns (meta, plan, version)."""
+    refuse_open_transaction(con, "refresh()")
+    meta = read_meta(con, names)
+    plan, version = stored_plan(names, meta)
+    _check_options(batch_id, max_update_share)
+    return meta, plan, version
 
 
 def _check_options(batch_id, max_update_share) -> None:
